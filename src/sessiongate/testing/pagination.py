@@ -1,0 +1,196 @@
+"""Kratos' two pagination schemes, byte for byte (CONTRACT §8).
+
+`migration_*` is the offset scheme of `GET /sessions` and `GET /admin/identities/{id}/sessions`,
+including the off-by-one defect ory/kratos#3883 behind a switch. `keyset_*` is the opaque-token
+scheme of `GET /admin/sessions`. Both build `Link` from the request's own path and query with
+keys re-encoded in sorted order, as Go's `url.Values.Encode` does.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from urllib.parse import quote_plus
+
+from starlette.datastructures import QueryParams
+
+DEFAULT_PAGE_SIZE = 250
+MAX_PAGE_SIZE = 1000
+KEYSET_FIRST_TOKEN_TIME = datetime(2200, 12, 31, 23, 59, 59, tzinfo=UTC)
+
+
+def go_atoi(text: str | None) -> int | None:
+    """strconv.Atoi: optional sign and decimal digits only."""
+    if text is None:
+        return None
+    body = text[1:] if text[:1] in "+-" else text
+    if not body or not body.isascii() or not body.isdigit():
+        return None
+    return int(text)
+
+
+def _clamp_size(text: str | None) -> int:
+    size = go_atoi(text)
+    if size is None:
+        return DEFAULT_PAGE_SIZE
+    return max(1, min(size, MAX_PAGE_SIZE))
+
+
+def _trunc_div(a: int, b: int) -> int:
+    """Go's integer division truncates toward zero."""
+    q = abs(a) // abs(b)
+    return q if (a >= 0) == (b >= 0) else -q
+
+
+def encode_offset_token(offset: int) -> str:
+    raw = json.dumps({"offset": str(offset), "v": 2}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_offset_token(token: str | None) -> int:
+    """A missing or malformed token counts as offset 0."""
+    if not token:
+        return 0
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        value = go_atoi(str(json.loads(raw)["offset"]))
+    except (ValueError, KeyError, TypeError, binascii.Error):
+        return 0
+    return value or 0
+
+
+def go_query_encode(items: list[tuple[str, str]]) -> str:
+    """url.Values.Encode: keys sorted (stable for repeated keys), QueryEscape on both sides."""
+    ordered = sorted(items, key=lambda kv: kv[0])
+    return "&".join(f"{quote_plus(k, safe='')}={quote_plus(v, safe='')}" for k, v in ordered)
+
+
+def _link_url(path: str, query: QueryParams, overrides: dict[str, str]) -> str:
+    items = [(k, v) for k, v in query.multi_items() if k not in overrides]
+    items.extend(overrides.items())
+    return f"{path}?{go_query_encode(items)}"
+
+
+@dataclass(frozen=True)
+class MigrationPage:
+    page: int
+    per_page: int
+
+    @classmethod
+    def parse(cls, query: QueryParams) -> MigrationPage:
+        if "page_token" in query or "page_size" in query:
+            per_page = _clamp_size(query.get("page_size"))
+            offset = decode_offset_token(query.get("page_token"))
+            return cls(page=_trunc_div(offset, per_page), per_page=per_page)
+        page = go_atoi(query.get("page")) or 0
+        return cls(page=max(page, 0), per_page=_clamp_size(query.get("per_page")))
+
+    def slice(self, total: int, *, kratos_defect: bool) -> slice:
+        """Which items the database returns: 1-based pages in Kratos (#3883), 0-based if fixed."""
+        if kratos_defect:
+            p = max(self.page, 1)
+            return slice((p - 1) * self.per_page, p * self.per_page)
+        start = self.page * self.per_page
+        return slice(start, start + self.per_page)
+
+    def link_header(self, path: str, query: QueryParams, total: int) -> str:
+        pp = self.per_page
+        off = self.page * pp
+        last = total - pp if total % pp == 0 else (total // pp) * pp
+
+        def link(offset: int, rel: str, size: int = pp) -> str:
+            overrides = {
+                "page": str(_trunc_div(offset, size)),
+                "page_size": str(size),
+                "page_token": encode_offset_token(offset),
+                "per_page": str(size),
+            }
+            return f'<{_link_url(path, query, overrides)}>; rel="{rel}"'
+
+        here = _trunc_div(off, pp)
+        if off >= last:
+            if total == 0:
+                links = [
+                    link(0, "first"),
+                    link((here + 1) * pp, "next"),
+                    link((here - 1) * pp, "prev"),
+                ]
+            elif total <= pp:
+                links = [link(0, "first", size=total)]
+            else:
+                links = [link(0, "first"), link(last - pp, "prev")]
+        elif off < pp:
+            links = [link(pp, "next"), link(last, "last")]
+        else:
+            links = [
+                link(0, "first"),
+                link((here + 1) * pp, "next"),
+                link((here - 1) * pp, "prev"),
+                link(last, "last"),
+            ]
+        return ",".join(links)
+
+
+class PageTokenError(ValueError):
+    """`kind` is "parse" (not base64: reported like a bad page_size) or "invalid" (bad id)."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class KeysetToken:
+    id: str
+    created_at: datetime
+
+    def encode(self) -> str:
+        stamp = self.created_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+        raw = f"id={self.id}/created_at={stamp}".encode()
+        return base64.b64encode(raw).decode().rstrip("=")
+
+    @classmethod
+    def first(cls) -> KeysetToken:
+        return cls(str(uuid.UUID(int=0)), KEYSET_FIRST_TOKEN_TIME)
+
+    @classmethod
+    def decode(cls, token: str) -> KeysetToken:
+        try:
+            raw = base64.b64decode(token + "=" * (-len(token) % 4), validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError) as exc:
+            raise PageTokenError("parse") from exc
+        parts = dict(p.split("=", 1) for p in raw.split("/") if "=" in p)
+        try:
+            ident = str(uuid.UUID(parts.get("id", "")))
+        except ValueError as exc:
+            raise PageTokenError("invalid") from exc
+        try:
+            created = datetime.strptime(parts.get("created_at", ""), "%Y-%m-%d %H:%M:%S.%f")
+        except ValueError:
+            try:
+                created = datetime.strptime(parts.get("created_at", ""), "%Y-%m-%d %H:%M:%S")
+            except ValueError as exc:
+                raise PageTokenError("invalid") from exc
+        return cls(ident, created.replace(tzinfo=UTC))
+
+    def admits(self, created_at: datetime, session_id: str) -> bool:
+        """`created_at < t.created_at OR (created_at = t.created_at AND id > t.id)`."""
+        return created_at < self.created_at or (
+            created_at == self.created_at and session_id > self.id
+        )
+
+
+def keyset_link_header(
+    path: str, query: QueryParams, size: int, next_token: KeysetToken | None
+) -> str:
+    links = [
+        f'<{_link_url(path, query, {"page_size": str(size), "page_token": KeysetToken.first().encode()})}>; rel="first"'  # noqa: E501
+    ]
+    if next_token is not None:
+        overrides = {"page_size": str(size), "page_token": next_token.encode()}
+        links.append(f'<{_link_url(path, query, overrides)}>; rel="next"')
+    return ",".join(links)
