@@ -20,8 +20,10 @@ async def _check(response: httpx.Response) -> None:
 def checked_client(app, base_url: str) -> httpx.AsyncClient:  # type: ignore[no-untyped-def]
     """An httpx client on an in-process ASGI app; every response goes through the spec check."""
     return httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url=base_url,
-        event_hooks={"response": [_check]}, follow_redirects=False,
+        transport=httpx.ASGITransport(app=app),
+        base_url=base_url,
+        event_hooks={"response": [_check]},
+        follow_redirects=False,
     )
 
 

@@ -13,6 +13,8 @@ import uvicorn
 
 
 def _fake_kratos(args: argparse.Namespace) -> int:
+    import yaml
+
     from sessiongate.testing.app import KratosFake
     from sessiongate.testing.seed import DEFAULT_SEED, apply_seed, load_seed
 
@@ -35,7 +37,7 @@ def _fake_kratos(args: argparse.Namespace) -> int:
     )
     try:
         seed = load_seed(Path(args.seed) if args.seed else DEFAULT_SEED)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, yaml.YAMLError) as exc:  # YAMLError is not a ValueError
         print(f"error: cannot load seed file: {exc}", file=sys.stderr)
         return 2
     created = apply_seed(fake, seed)
@@ -85,6 +87,55 @@ def _fake_kratos(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from sessiongate.config import ConfigError, load_settings
+
+    try:
+        return load_settings(args.config or None)
+    except ConfigError as exc:
+        print(f"sessiongate: configuration has {len(exc.problems)} problem(s):", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return None
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    settings = _load(args)
+    if settings is None:
+        return 2
+    print("configuration OK")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    settings = _load(args)
+    if settings is None:
+        return 2
+    from sessiongate.gate import Gate
+    from sessiongate.logs import configure_logging
+
+    configure_logging(settings.log_level)
+    uvicorn.run(
+        Gate(settings),
+        host=settings.listen.host,
+        port=settings.listen.port,
+        log_level=settings.log_level,
+        access_log=False,
+        lifespan="on",
+        proxy_headers=False,
+        server_header=False,
+        timeout_keep_alive=30,
+        h11_max_incomplete_event_size=64 * 1024,
+    )
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from sessiongate.demo import run_demo
+
+    return run_demo(host=args.host, gate_port=args.port)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sessiongate", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -114,6 +165,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fake.add_argument("--log-level", default="warning")
     fake.set_defaults(func=_fake_kratos)
+
+    serve = sub.add_parser("serve", help="run the gate in front of the protected app")
+    serve.add_argument("--config", default="", help="YAML file (default: $SESSIONGATE_CONFIG)")
+    serve.set_defaults(func=_serve)
+
+    check = sub.add_parser("check-config", help="validate a configuration; exit 2 on problems")
+    check.add_argument("--config", default="", help="YAML file (default: $SESSIONGATE_CONFIG)")
+    check.set_defaults(func=_check_config)
+
+    demo = sub.add_parser("demo", help="Kratos fake + sample app + the gate, on 127.0.0.1")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=4455, help="the gate's port (default 4455)")
+    demo.set_defaults(func=_demo)
     return parser
 
 

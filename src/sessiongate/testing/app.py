@@ -43,6 +43,7 @@ from sessiongate.testing.pagination import (
     MigrationPage,
     PageTokenError,
     go_atoi,
+    go_get,
     keyset_link_header,
 )
 from sessiongate.testing.store import (
@@ -402,6 +403,8 @@ class KratosFake:
                 self._wrap(self.perform_native_logout),
                 methods=["DELETE"],
             ),
+            Route("/health/alive", self.health, methods=["GET"]),
+            Route("/health/ready", self.health, methods=["GET"]),
         ]
 
     def _admin_routes(self) -> list[Route]:
@@ -421,6 +424,8 @@ class KratosFake:
                 a(self.delete_identity_sessions),
                 methods=["DELETE"],
             ),
+            Route("/admin/health/alive", self.health, methods=["GET"]),
+            Route("/admin/health/ready", self.health, methods=["GET"]),
         ]
 
     def _wrap(self, handler: Handler) -> Handler:
@@ -565,7 +570,7 @@ class KratosFake:
         if not self.satisfies_aal(sess):
             raise self.aal_error()
         tokenized = None
-        template = request.query_params.get("tokenize_as")
+        template = go_get(request.query_params, "tokenize_as")
         if template is not None:
             if template not in self.tokenizer.templates:
                 raise KratosError(400, reason=f'Unable to find tokenizer template "{template}".')
@@ -657,6 +662,10 @@ class KratosFake:
             location += "?" + request.url.query
         return KratosFake.empty_response(307, headers=[("Location", location)])
 
+    async def health(self, request: Request) -> Response:
+        """Kratos' liveness and readiness probes, on both ports."""
+        return self.json_response({"status": "ok"})
+
     # -- logout -----------------------------------------------------------------------------
     def _flow_error(self, request: Request, err: KratosError) -> Response:
         """errorx.Forward: JSON requests get the error, browsers a 303 to the error UI."""
@@ -701,7 +710,7 @@ class KratosFake:
                 csrf,
             )
         params = [("token", sess.logout_token)]
-        return_to = request.query_params.get("return_to")
+        return_to = go_get(request.query_params, "return_to")
         if return_to:
             if self._return_to_allowed(return_to) is None:
                 return self._with_headers(
@@ -725,7 +734,7 @@ class KratosFake:
     async def update_logout_flow(self, request: Request) -> Response:
         """§4.12 GET /self-service/logout?token=…: revoke, clear the cookie, 204 or 303."""
         csrf = self._csrf_middleware_cookie(request)
-        token = request.query_params.get("token", "")
+        token = go_get(request.query_params, "token", "")
         if not token:
             return self._with_headers(
                 self._flow_error(
@@ -757,7 +766,7 @@ class KratosFake:
         cookies.append(("Set-Cookie", self.csrf_cookie()))  # the token is regenerated
         if is_json_request(request.headers):
             return self.empty_response(204, headers=cookies)
-        return_to = request.query_params.get("return_to")
+        return_to = go_get(request.query_params, "return_to")
         location = (self._return_to_allowed(return_to) if return_to else None) or (
             self.default_browser_return_to
         )
@@ -821,8 +830,8 @@ class KratosFake:
 
     @staticmethod
     def _active_filter(request: Request) -> bool | None:
-        raw = request.query_params.get("active")
-        if raw is None:
+        raw = go_get(request.query_params, "active")
+        if not raw:  # Kratos: `activeRaw != ""` guards the parse; empty means absent
             return None
         if raw not in _GO_BOOLS:
             raise KratosError(400, message="could not parse parameter active")
@@ -846,23 +855,23 @@ class KratosFake:
     async def list_sessions(self, request: Request) -> Response:
         """§4.5 GET /admin/sessions (listSessions): keyset pagination, no X-Total-Count."""
         query = request.query_params
+        active = self._active_filter(request)  # parsed before pagination, as Kratos does
         size = 250
         if "page_size" in query:
-            parsed = go_atoi(query["page_size"])
+            parsed = go_atoi(go_get(query, "page_size"))
             if parsed is None:
                 raise KratosError(400, message="could not parse parameter page_size")
             size = 250 if parsed <= 0 else min(parsed, 1000)
         token = KeysetToken.first()
-        if query.get("page_token"):
+        if go_get(query, "page_token"):
             try:
-                token = KeysetToken.decode(query["page_token"])
+                token = KeysetToken.decode(go_get(query, "page_token") or "")
             except PageTokenError as err:
                 if err.kind == "parse":
                     raise KratosError(400, message="could not parse parameter page_size") from err
                 raise KratosError(
                     400, reason="The page token is invalid, do not craft your own page tokens"
                 ) from err
-        active = self._active_filter(request)
         expand = self._expand(request)
         rows = [
             s

@@ -23,6 +23,12 @@ MAX_PAGE_SIZE = 1000
 KEYSET_FIRST_TOKEN_TIME = datetime(2200, 12, 31, 23, 59, 59, tzinfo=UTC)
 
 
+def go_get(query: QueryParams, key: str, default: str | None = None) -> str | None:
+    """Go's `url.Values.Get`: the FIRST value of a repeated key (Starlette's `.get` is last)."""
+    values = query.getlist(key)
+    return values[0] if values else default
+
+
 def go_atoi(text: str | None) -> int | None:
     """strconv.Atoi: optional sign and decimal digits only."""
     if text is None:
@@ -83,11 +89,11 @@ class MigrationPage:
     @classmethod
     def parse(cls, query: QueryParams) -> MigrationPage:
         if "page_token" in query or "page_size" in query:
-            per_page = _clamp_size(query.get("page_size"))
-            offset = decode_offset_token(query.get("page_token"))
+            per_page = _clamp_size(go_get(query, "page_size"))
+            offset = decode_offset_token(go_get(query, "page_token"))
             return cls(page=_trunc_div(offset, per_page), per_page=per_page)
-        page = go_atoi(query.get("page")) or 0
-        return cls(page=max(page, 0), per_page=_clamp_size(query.get("per_page")))
+        page = go_atoi(go_get(query, "page")) or 0
+        return cls(page=max(page, 0), per_page=_clamp_size(go_get(query, "per_page")))
 
     def slice(self, total: int, *, kratos_defect: bool) -> slice:
         """Which items the database returns: 1-based pages in Kratos (#3883), 0-based if fixed."""
@@ -149,7 +155,10 @@ class KeysetToken:
     created_at: datetime
 
     def encode(self) -> str:
+        # Go's `.99999` layout trims trailing zeros and the dot, so the first-page token reads
+        # `2200-12-31 23:59:59` (CONTRACT §8.2). Kept at 6 digits: Kratos' 5 would skip rows.
         stamp = self.created_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+        stamp = stamp.rstrip("0").rstrip(".")
         raw = f"id={self.id}/created_at={stamp}".encode()
         return base64.b64encode(raw).decode().rstrip("=")
 

@@ -1,0 +1,22 @@
+# sessiongate as a sidecar or standalone container.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY src ./src
+RUN pip install --no-cache-dir . \
+    && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin sessiongate
+
+USER 10001
+EXPOSE 4433 4434
+
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+    CMD ["python", "-c", "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:4433/health/alive', timeout=2).status == 200 else 1)"]
+
+ENTRYPOINT ["sessiongate"]
+CMD ["fake-kratos", "--host", "0.0.0.0", "--port", "4433", "--admin-port", "4434"]

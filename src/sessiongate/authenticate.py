@@ -1,0 +1,166 @@
+"""Stage 2: credential → validated session, through the cache, failing closed.
+
+`Authenticator.authenticate` returns the `CachedSession` when Kratos (or the cache) says the
+session is valid, else a `Denial` saying why. Concurrent misses for one credential share one
+whoami call; the number of whoami calls in flight is bounded (`ory.max_inflight`) and beyond it
+requests are shed with 503 rather than queued, so a burst of junk tokens cannot become a burst
+of Kratos calls. Kratos trouble (timeout, connection error, 5xx, unparsable body) is never a
+pass and never a logout: it is 503 with Retry-After.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from sessiongate.cache import NEGATIVE, CachedSession, SessionCache
+from sessiongate.credentials import Credential
+from sessiongate.identity_headers import IdentityHeaders
+from sessiongate.kratos import KratosAnswer, KratosClient, KratosUnavailable
+
+log = logging.getLogger("sessiongate.authenticate")
+
+DenialKind = Literal["anonymous", "aal", "unavailable", "rate_limited", "overloaded"]
+_FRACTION = re.compile(r"(\.\d{6})\d+")
+
+
+@dataclass(frozen=True, slots=True)
+class Denial:
+    kind: DenialKind
+    reason: str = ""
+    retry_after: str = ""
+    body: bytes = b""  # Kratos' own body, for the AAL 403
+    redirect_browser_to: str = ""
+
+
+ANONYMOUS = Denial("anonymous", "No valid session credentials found in the request.")
+
+
+def parse_time(text: str) -> float:
+    """RFC 3339 (Go may send nanoseconds) → epoch seconds."""
+    return datetime.fromisoformat(_FRACTION.sub(r"\1", text).replace("Z", "+00:00")).timestamp()
+
+
+def _cache_for(answer: KratosAnswer) -> float | None:
+    raw = answer.headers.get("ory-session-cache-for")
+    if raw is None:
+        return None
+    try:
+        return max(float(raw), 0.0)
+    except ValueError:
+        return None
+
+
+class Authenticator:
+    def __init__(
+        self,
+        kratos: KratosClient,
+        cache: SessionCache,
+        identity_headers: IdentityHeaders,
+        *,
+        max_inflight: int = 64,
+    ) -> None:
+        self.kratos = kratos
+        self.cache = cache
+        self.identity_headers = identity_headers
+        self.max_inflight = max_inflight
+        self._inflight: dict[bytes, asyncio.Future[CachedSession | Denial]] = {}
+        self.whoami_calls = 0
+
+    async def authenticate(self, credential: Credential) -> CachedSession | Denial:
+        key = credential.cache_key
+        hit = self.cache.get(key)
+        if hit is not None:
+            return ANONYMOUS if hit is NEGATIVE else hit  # type: ignore[return-value]
+        pending = self._inflight.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        if len(self._inflight) >= self.max_inflight:
+            return Denial("overloaded", "Too many session checks in flight.", retry_after="1")
+        future: asyncio.Future[CachedSession | Denial] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            result = await self._ask_kratos(credential, key)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: waiters re-raise it, nobody else must
+            raise
+        else:
+            future.set_result(result)
+        finally:
+            del self._inflight[key]
+        return result
+
+    async def _ask_kratos(self, credential: Credential, key: bytes) -> CachedSession | Denial:
+        started = time.monotonic()
+        self.whoami_calls += 1
+        try:
+            answer = await self.kratos.whoami(credential)
+        except KratosUnavailable as exc:
+            log.warning("Kratos whoami failed: %s", exc)
+            return Denial("unavailable", "The session service is unreachable.", retry_after="2")
+        status = answer.status
+        if status == 200:
+            entry = self._parse_session(answer)
+            if entry is None:
+                log.warning("Kratos whoami answered 200 with a body that is not a session")
+                return Denial(
+                    "unavailable", "The session service answered nonsense.", retry_after="2"
+                )
+            if entry.session.get("active") is not True:
+                return ANONYMOUS
+            self.cache.put(key, entry, started=started, cache_for=_cache_for(answer))
+            return entry
+        if status == 401:
+            self.cache.put_negative(key)
+            return ANONYMOUS
+        if status == 403:
+            redirect = self._aal_redirect(answer.body)
+            if redirect is not None:
+                return Denial(
+                    "aal",
+                    "A second factor is required.",
+                    body=answer.body,
+                    redirect_browser_to=redirect,
+                )
+        if status == 429:
+            return Denial(
+                "rate_limited",
+                "The session service is rate limiting.",
+                retry_after=answer.headers.get("retry-after", "1"),
+            )
+        log.warning("Kratos whoami answered %d; failing closed", status)
+        return Denial("unavailable", "The session service failed.", retry_after="2")
+
+    def _parse_session(self, answer: KratosAnswer) -> CachedSession | None:
+        try:
+            session: Any = json.loads(answer.body)
+            identity = session["identity"]
+            entry = CachedSession(
+                session_id=str(session["id"]),
+                identity_id=str(identity["id"]),
+                expires_at=parse_time(session["expires_at"]),
+                session=session,
+                body=answer.body,
+            )
+        except (ValueError, KeyError, TypeError):
+            return None
+        entry.identity_headers = self.identity_headers.compute(session)
+        return entry
+
+    @staticmethod
+    def _aal_redirect(body: bytes) -> str | None:
+        try:
+            data = json.loads(body)
+            if data["error"]["id"] != "session_aal2_required":
+                return None
+            url = data.get("redirect_browser_to") or data["error"]["details"]["redirect_browser_to"]
+        except (ValueError, KeyError, TypeError):
+            return None
+        return url if isinstance(url, str) else None

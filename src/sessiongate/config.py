@@ -1,0 +1,388 @@
+"""sessiongate's settings: the YAML file, `SESSIONGATE_<SECTION>__<KEY>` overrides, validation.
+
+The key names are an interface (other tools write these files), so they are fixed and every one
+is documented in `config.example.yaml` and the README. Durations accept plain seconds or
+`500ms`/`30s`/`5m`/`1h`. Secrets never come from the file: the Ory API key is read from the
+environment (`ORY_API_KEY`) by `ory_api_key()`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+ENV_PREFIX = "SESSIONGATE_"
+CONFIG_ENV = "SESSIONGATE_CONFIG"
+API_KEY_ENV = "ORY_API_KEY"
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+_JSON_PATH = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+# Headers an identity header must never replace: framing, routing, and the credentials.
+_RESERVED_HEADERS = {
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+    "te",
+    "trailer",
+    "keep-alive",
+    "proxy-connection",
+    "cookie",
+    "authorization",
+    "x-session-token",
+    "set-cookie",
+    "content-type",
+}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a number or a string such as `90`, `30s`, `5m`, `1h`, `250ms`."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or a string such as 30s or 5m")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _DURATION.match(value)):
+        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    else:
+        raise ValueError(
+            f"invalid duration {value!r}: use seconds (60) or a unit: 500ms, 30s, 5m, 1h"
+        )
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def _http_url(value: str, *, field: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{field} must be an absolute http(s) URL, got {value!r}")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{field} must not carry a query or fragment")
+    return value.rstrip("/")
+
+
+def origin_of(url: str) -> str:
+    """`scheme://host[:port]` in lower case, default ports dropped."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    if ":" in host:
+        host = f"[{host}]"
+    port = parts.port
+    if port is None or (scheme, port) in (("http", 80), ("https", 443)):
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{port}"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Listen(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=4455, ge=0, le=65535)
+
+
+class Ory(_Section):
+    public_url: str = "http://127.0.0.1:4433"
+    admin_url: str | None = None  # defaults to public_url (Ory Network: admin under /admin)
+    session_cookies: list[str] = Field(
+        default_factory=lambda: ["ory_kratos_session", "ory_session_*"], min_length=1
+    )
+    timeout: Duration = 5.0
+    max_inflight: int = Field(default=64, ge=1, le=10_000)
+
+    @field_validator("public_url")
+    @classmethod
+    def _public(cls, v: str) -> str:
+        return _http_url(v, field="ory.public_url")
+
+    @field_validator("admin_url")
+    @classmethod
+    def _admin(cls, v: str | None) -> str | None:
+        return None if v in (None, "") else _http_url(v, field="ory.admin_url")
+
+    @field_validator("session_cookies")
+    @classmethod
+    def _cookies(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if not name or not _HEADER_NAME.match(name.replace("*", "x")):
+                raise ValueError(f"invalid cookie name or glob {name!r}")
+        return v
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError("ory.timeout must be greater than zero")
+        return v
+
+    @property
+    def admin_base(self) -> str:
+        return self.admin_url or self.public_url
+
+
+class Upstream(_Section):
+    url: str = "http://127.0.0.1:8080"
+    timeout: Duration = 60.0
+    connect_timeout: Duration = 5.0
+    max_connections: int = Field(default=256, ge=1, le=100_000)
+    strip_session_cookie: bool = True
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        return _http_url(v, field="upstream.url")
+
+
+class Cache(_Section):
+    ttl: Duration = 60.0
+    max_entries: int = Field(default=100_000, ge=1)
+    negative_ttl: Duration = 2.0
+
+
+class Access(_Section):
+    public_paths: list[str] = Field(default_factory=lambda: ["/health/*"])
+    login_url: str = "http://127.0.0.1:4455/self-service/login/browser"
+    allowed_return_to: list[str] = Field(default_factory=list)
+
+    @field_validator("login_url")
+    @classmethod
+    def _login(cls, v: str) -> str:
+        if v.startswith("/") and not v.startswith("//"):
+            return v
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("access.login_url must be an http(s) URL or a path starting with /")
+        return v
+
+    @field_validator("allowed_return_to")
+    @classmethod
+    def _origins(cls, v: list[str]) -> list[str]:
+        out = []
+        for item in v:
+            parts = urlsplit(item)
+            if (
+                parts.scheme not in ("http", "https")
+                or not parts.hostname
+                or (parts.path not in ("", "/") or parts.query or parts.fragment)
+            ):
+                raise ValueError(
+                    f"allowed_return_to takes origins like https://app.example.com, got {item!r}"
+                )
+            out.append(origin_of(item))
+        return out
+
+    @field_validator("public_paths")
+    @classmethod
+    def _paths(cls, v: list[str]) -> list[str]:
+        for glob in v:
+            if not glob.startswith("/"):
+                raise ValueError(f"public path globs start with '/', got {glob!r}")
+        return v
+
+
+class Forwarded(_Section):
+    trusted_proxies: list[str] = Field(default_factory=list)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _cidrs(cls, v: list[str]) -> list[str]:
+        for cidr in v:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"not an IP network: {cidr!r}") from exc
+        return v
+
+
+class Settings(_Section):
+    """The whole configuration; every section has secure defaults."""
+
+    listen: Listen = Field(default_factory=Listen)
+    public_url: str | None = None  # the gate's own external URL; default: from the Host header
+    ory: Ory = Field(default_factory=Ory)
+    upstream: Upstream = Field(default_factory=Upstream)
+    cache: Cache = Field(default_factory=Cache)
+    access: Access = Field(default_factory=Access)
+    identity_headers: dict[str, str] = Field(
+        default_factory=lambda: {
+            "X-User-Id": "identity.id",
+            "X-User-Email": "identity.traits.email",
+            "X-Session-Id": "id",
+        }
+    )
+    session_header: str | None = None  # opt-in: the whole session, base64url JSON
+    forwarded: Forwarded = Field(default_factory=Forwarded)
+    log_level: str = "info"
+
+    @field_validator("public_url")
+    @classmethod
+    def _public(cls, v: str | None) -> str | None:
+        return None if v in (None, "") else _http_url(v, field="public_url")
+
+    @field_validator("identity_headers")
+    @classmethod
+    def _identity_headers(cls, v: dict[str, str]) -> dict[str, str]:
+        seen: set[str] = set()
+        for name, path in v.items():
+            if not _HEADER_NAME.match(name):
+                raise ValueError(f"invalid header name {name!r}")
+            if name.lower() in _RESERVED_HEADERS:
+                raise ValueError(f"{name!r} cannot be an identity header")
+            if not _JSON_PATH.match(path):
+                raise ValueError(
+                    f"invalid session path {path!r} for {name} "
+                    f"(dot-separated keys, e.g. identity.traits.email)"
+                )
+            canon = name.lower().replace("_", "-")
+            if canon in seen:
+                raise ValueError(f"{name!r} is listed twice (case and '_' vs '-' are the same)")
+            seen.add(canon)
+        return v
+
+    @field_validator("session_header")
+    @classmethod
+    def _session_header(cls, v: str | None) -> str | None:
+        if v in (None, ""):
+            return None
+        if not _HEADER_NAME.match(v) or v.lower() in _RESERVED_HEADERS:
+            raise ValueError(f"invalid session_header {v!r}")
+        return v
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, v: str) -> str:
+        if v.lower() not in ("critical", "error", "warning", "info", "debug"):
+            raise ValueError("log_level is one of critical, error, warning, info, debug")
+        return v.lower()
+
+    @model_validator(mode="after")
+    def _cross(self) -> Settings:
+        if self.session_header and self.session_header.lower().replace("_", "-") in {
+            n.lower().replace("_", "-") for n in self.identity_headers
+        }:
+            raise ValueError("session_header repeats an identity header")
+        return self
+
+    def spoofable_headers(self) -> frozenset[str]:
+        """Canonical names (lower case, `_` as `-`) the gate owns and clients must not send."""
+        names = {n.lower().replace("_", "-") for n in self.identity_headers}
+        if self.session_header:
+            names.add(self.session_header.lower().replace("_", "-"))
+        names.add("x-kratos-authenticated-identity-id")
+        return frozenset(names)
+
+
+class ConfigError(Exception):
+    """Every problem found, each as `key.path: message`."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    node = tree
+    for key in path[:-1]:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            child = {}
+            node[key] = child
+        node = child
+    node[path[-1]] = value
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """`SESSIONGATE_ORY__PUBLIC_URL=...` → {"ory": {"public_url": ...}}; values parsed as YAML."""
+    tree: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+            continue
+        path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
+        if not all(path):
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else raw
+        except yaml.YAMLError:
+            value = raw
+        # identity_headers keys are header names: keep their case
+        if path[0] == "identity_headers" and len(path) == 2:
+            path[1] = name[len(ENV_PREFIX) :].split("__")[1]
+        _set_path(tree, path, value if value is not None else raw)
+    return tree
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _format_errors(err: ValidationError) -> list[str]:
+    problems = []
+    for item in err.errors():
+        loc = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        msg = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            msg = "unknown key"
+            if loc.endswith("api_key"):
+                msg += f" (the Ory API key is read from the environment variable {API_KEY_ENV})"
+        problems.append(f"{loc}: {msg}")
+    return problems
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Read the YAML file (if any), apply environment overrides, validate everything."""
+    environ = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    if path is None and environ.get(CONFIG_ENV):
+        path = environ[CONFIG_ENV]
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError([f"(file): cannot read {path}: {exc.strerror or exc}"]) from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError([f"(file): {path} is not valid YAML: {exc}"]) from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError([f"(file): {path} must hold a mapping of sections"])
+        data = loaded or {}
+    data = _merge(data, env_overrides(environ))
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc)) from exc
+
+
+def ory_api_key(environ: Mapping[str, str] | None = None) -> str | None:
+    value = (os.environ if environ is None else environ).get(API_KEY_ENV, "")
+    return value or None

@@ -1,0 +1,66 @@
+"""Stage 3: decisions that need no session: is this path public, is this a browser navigation,
+and what is the gate's own origin and the request's original URL.
+
+Public paths are matched on the *normalised* path, and a path whose raw form contains
+encoded slashes or dots, backslashes, `;` parameters or dot segments is never public: a trick
+that could make the app see a different path than the gate can only ever cost a login.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from fnmatch import fnmatchcase
+
+from sessiongate.config import Settings, origin_of
+
+RawHeaders = list[tuple[bytes, bytes]]
+
+_TRICKY = re.compile(rb"%2e|%2f|%5c|%25|\\|;|/\.\.?(/|$)|//", re.IGNORECASE)
+_HOST = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$")
+
+
+class Decider:
+    def __init__(self, settings: Settings) -> None:
+        self.public_globs = tuple(settings.access.public_paths)
+        self.own_origin = origin_of(settings.public_url) if settings.public_url else None
+        self.allowed_return_to = frozenset(settings.access.allowed_return_to)
+        self.login_url = settings.access.login_url
+
+    def is_public(self, path: str, raw_path: bytes | None) -> bool:
+        if not self.public_globs:
+            return False
+        if raw_path is not None and _TRICKY.search(raw_path.split(b"?", 1)[0]):
+            return False
+        normal = posixpath.normpath(path) if path not in ("", "/") else "/"
+        if path.endswith("/") and normal != "/":
+            normal += "/"
+        if normal != path:
+            return False
+        return any(fnmatchcase(path, glob) for glob in self.public_globs)
+
+    @staticmethod
+    def is_browser_navigation(method: str, headers: RawHeaders) -> bool:
+        """GET/HEAD that asks for HTML: a person to send to the login page, not an API call."""
+        if method not in ("GET", "HEAD"):
+            return False
+        return any(name == b"accept" and b"text/html" in value for name, value in headers)
+
+    def origin(self, scheme: str, headers: RawHeaders) -> str | None:
+        """The gate's origin: configured `public_url`, else from a well-formed Host header."""
+        if self.own_origin is not None:
+            return self.own_origin
+        for name, value in headers:
+            if name == b"host":
+                host = value.decode("latin-1")
+                if _HOST.match(host):
+                    return origin_of(f"{scheme}://{host}")
+                return None
+        return None
+
+    def original_url(self, scope: dict, origin: str) -> str:
+        raw_path = scope.get("raw_path") or scope["path"].encode()
+        target = raw_path.decode("latin-1")
+        if scope.get("query_string"):
+            target += "?" + scope["query_string"].decode("latin-1")
+        return origin + target

@@ -1,0 +1,93 @@
+"""The standalone gate: an ASGI app that authenticates every request and proxies it.
+
+Reads like the request's path: its own health endpoints, then the `Gatekeeper` (credential →
+cache/whoami → decision → identity headers), then the `UpstreamProxy`. Long-lived clients are
+opened on first use and closed on lifespan shutdown (or `aclose()`).
+"""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+from starlette.types import Receive, Scope, Send
+
+from sessiongate.config import Settings, ory_api_key
+from sessiongate.gatekeeper import Gatekeeper
+from sessiongate.kratos import KratosClient
+from sessiongate.proxy import UpstreamProxy
+from sessiongate.responses import send_json
+
+HEALTH_ALIVE = "/health/alive"
+HEALTH_READY = "/health/ready"
+
+
+class Gate:
+    def __init__(
+        self, settings: Settings, *, kratos_transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
+        self.settings = settings
+        self.kratos = KratosClient(
+            settings.ory.public_url,
+            settings.ory.admin_base,
+            timeout=settings.ory.timeout,
+            api_key=ory_api_key(),
+            max_connections=settings.ory.max_inflight,
+            transport=kratos_transport,
+        )
+        self.gatekeeper = Gatekeeper(settings, self.kratos)
+        matcher = self.gatekeeper.cookie_matcher
+        self.proxy = UpstreamProxy(
+            settings.upstream.url,
+            timeout=settings.upstream.timeout,
+            connect_timeout=settings.upstream.connect_timeout,
+            max_connections=settings.upstream.max_connections,
+            trusted_proxies=settings.forwarded.trusted_proxies,
+            strip_cookie=matcher if settings.upstream.strip_session_cookie else None,
+        )
+
+    @property
+    def cache(self):  # type: ignore[no-untyped-def]
+        """The session cache: `evict_session(id)`, `evict_identity(id)`, `clear()`."""
+        return self.gatekeeper.cache
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            path = scope["path"]
+            if path in (HEALTH_ALIVE, HEALTH_READY):
+                await self._health(path, send)
+                return
+            admitted = await self.gatekeeper.check(scope, send)
+            if admitted is not None:
+                await self.proxy.forward(scope, receive, send, admitted.headers)
+        elif kind == "websocket":
+            admitted = await self.gatekeeper.check(scope, send)
+            if admitted is not None:
+                await self.proxy.websocket(scope, receive, send, admitted.headers)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _health(self, path: str, send: Send) -> None:
+        if path == HEALTH_ALIVE:
+            await send_json(send, 200, b'{"status":"ok"}')
+            return
+        if await self.kratos.ready():
+            await send_json(send, 200, b'{"status":"ok"}')
+        else:
+            body = json.dumps({"status": "Kratos is not reachable"}).encode()
+            await send_json(send, 503, body, headers=[(b"retry-after", b"2")])
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def aclose(self) -> None:
+        await self.proxy.aclose()
+        await self.kratos.aclose()

@@ -1,0 +1,142 @@
+"""Stages 1-4 for one request, shared by the proxy and the middleware.
+
+`Gatekeeper.check(scope, send)` either answers the request itself (login redirect, 401, 403,
+429, 503) and returns None, or returns a `Pass`: the validated session (None on a public path)
+and the request headers to hand on: the client's headers minus every spoofable variant of the
+gate's identity headers, plus the identity headers computed for that session.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from starlette.types import Scope, Send
+
+from sessiongate.authenticate import Authenticator, Denial
+from sessiongate.cache import CachedSession, SessionCache
+from sessiongate.config import Settings
+from sessiongate.credentials import CookieMatcher, MalformedCredential, find_credential
+from sessiongate.decide import Decider
+from sessiongate.identity_headers import IdentityHeaders
+from sessiongate.kratos import KratosClient
+from sessiongate.redirects import safe_return_to, with_query
+from sessiongate.responses import send_error, send_redirect
+
+log = logging.getLogger("sessiongate")
+RawHeaders = list[tuple[bytes, bytes]]
+
+WWW_AUTHENTICATE = (b"www-authenticate", b'Bearer realm="sessiongate"')
+
+
+@dataclass(slots=True)
+class Pass:
+    session: CachedSession | None
+    headers: RawHeaders
+
+
+class Gatekeeper:
+    def __init__(self, settings: Settings, kratos: KratosClient) -> None:
+        self.settings = settings
+        self.kratos = kratos
+        self.cookie_matcher = CookieMatcher(settings.ory.session_cookies)
+        self.identity = IdentityHeaders(
+            settings.identity_headers, settings.session_header, settings.spoofable_headers()
+        )
+        self.cache = SessionCache(
+            ttl=settings.cache.ttl,
+            max_entries=settings.cache.max_entries,
+            negative_ttl=settings.cache.negative_ttl,
+        )
+        self.authenticator = Authenticator(
+            kratos, self.cache, self.identity, max_inflight=settings.ory.max_inflight
+        )
+        self.decider = Decider(settings)
+
+    async def check(self, scope: Scope, send: Send) -> Pass | None:
+        headers: RawHeaders = scope["headers"]
+        if self.decider.is_public(scope["path"], scope.get("raw_path")):
+            return Pass(None, self.identity.strip(headers))
+        try:
+            credential = find_credential(headers, self.cookie_matcher)
+        except MalformedCredential as exc:
+            await self._deny(scope, send, 400, str(exc).capitalize() + ".")
+            return None
+        if credential is None:
+            result: CachedSession | Denial = Denial(
+                "anonymous", "No valid session credentials found in the request."
+            )
+        else:
+            result = await self.authenticator.authenticate(credential)
+        if isinstance(result, CachedSession):
+            return Pass(result, self.identity.strip(headers) + result.identity_headers)
+        await self.answer_denial(scope, send, result)
+        return None
+
+    async def answer_denial(self, scope: Scope, send: Send, denial: Denial) -> None:
+        kind = denial.kind
+        browser = self.decider.is_browser_navigation(scope.get("method", "GET"), scope["headers"])
+        if kind == "anonymous":
+            if browser and scope["type"] == "http":
+                await send_redirect(send, self._login_redirect(scope))
+            else:
+                await self._deny(scope, send, 401, denial.reason, extra=[WWW_AUTHENTICATE])
+        elif kind == "aal":
+            if browser and scope["type"] == "http":
+                await send_redirect(send, self._with_return_to(scope, denial.redirect_browser_to))
+            else:
+                await self._deny(
+                    scope, send, 403, body=denial.body, error_id="session_aal2_required"
+                )
+        elif kind == "rate_limited":
+            await self._deny(
+                scope,
+                send,
+                429,
+                denial.reason,
+                extra=[(b"retry-after", denial.retry_after.encode("latin-1"))],
+            )
+        else:  # unavailable, overloaded: fail closed
+            await self._deny(
+                scope,
+                send,
+                503,
+                denial.reason,
+                extra=[(b"retry-after", denial.retry_after.encode("latin-1"))],
+            )
+
+    async def _deny(
+        self,
+        scope: Scope,
+        send: Send,
+        status: int,
+        reason: str = "",
+        *,
+        extra: RawHeaders | None = None,
+        body: bytes | None = None,
+        error_id: str = "",
+    ) -> None:
+        if scope["type"] == "websocket":
+            # Before accept, a close makes the server answer the handshake with 403.
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        await send_error(
+            send,
+            status,
+            reason=reason,
+            error_id=error_id,
+            headers=extra,
+            body=body,
+            head=scope.get("method") == "HEAD",
+        )
+
+    def _login_redirect(self, scope: Scope) -> str:
+        return self._with_return_to(scope, self.settings.access.login_url)
+
+    def _with_return_to(self, scope: Scope, target: str) -> str:
+        origin = self.decider.origin(scope.get("scheme", "http"), scope["headers"])
+        if origin is None:
+            return target
+        original = self.decider.original_url(scope, origin)
+        return_to = safe_return_to(original, origin, self.decider.allowed_return_to)
+        return with_query(target, return_to=return_to) if return_to else target
