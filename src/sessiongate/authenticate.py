@@ -70,7 +70,8 @@ class Authenticator:
         self.cache = cache
         self.identity_headers = identity_headers
         self.max_inflight = max_inflight
-        self._inflight: dict[bytes, asyncio.Future[CachedSession | Denial]] = {}
+        # credential digest → (the shared whoami's future, when it was sent)
+        self._inflight: dict[bytes, tuple[asyncio.Future[CachedSession | Denial], float]] = {}
         self.whoami_calls = 0
 
     async def authenticate(self, credential: Credential) -> CachedSession | Denial:
@@ -80,11 +81,19 @@ class Authenticator:
             return ANONYMOUS if hit is NEGATIVE else hit  # type: ignore[return-value]
         pending = self._inflight.get(key)
         if pending is not None:
-            return await asyncio.shield(pending)
+            future, leader_started = pending
+            shared = await asyncio.shield(future)
+            # A waiter may have arrived after the session was revoked through the gate while
+            # the shared whoami (sent before) was in flight: that answer is stale for it.
+            if isinstance(shared, CachedSession) and self.cache.revoked_since(
+                shared.session_id, shared.identity_id, leader_started
+            ):
+                return ANONYMOUS
+            return shared
         if len(self._inflight) >= self.max_inflight:
             return Denial("overloaded", "Too many session checks in flight.", retry_after="1")
-        future: asyncio.Future[CachedSession | Denial] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = future
+        future = asyncio.get_running_loop().create_future()
+        self._inflight[key] = (future, time.monotonic())
         try:
             result = await self._ask_kratos(credential, key)
         except BaseException as exc:
@@ -105,6 +114,14 @@ class Authenticator:
         except KratosUnavailable as exc:
             log.warning("Kratos whoami failed: %s", exc)
             return Denial("unavailable", "The session service is unreachable.", retry_after="2")
+        return self.classify(key, answer, started)
+
+    def classify(self, key: bytes, answer: KratosAnswer, started: float) -> CachedSession | Denial:
+        """Turn whoami's answer into a session or a denial, caching what may be cached.
+
+        `started` is when the whoami request was sent (monotonic): an answer that began before
+        an eviction of its session is not cached (see `SessionCache.put`).
+        """
         status = answer.status
         if status == 200:
             entry = self._parse_session(answer)

@@ -84,7 +84,7 @@ class SessionCache:
         Returns False (and caches nothing) when the answer cannot be trusted any more: the
         session or its identity was evicted after the request started, or it already expired.
         """
-        if self._tombstoned(entry.session_id, entry.identity_id, started):
+        if self.revoked_since(entry.session_id, entry.identity_id, started):
             return False
         now = self._monotonic()
         lifetime = min(self.ttl, entry.expires_at - self._wall())
@@ -110,6 +110,11 @@ class SessionCache:
 
     def evict_identity(self, identity_id: str, *, except_session: str = "") -> int:
         """Drop every entry of this identity's sessions, optionally sparing one session."""
+        previous = self._revoked_identities.get(identity_id)
+        if except_session and previous is not None and previous[1] != except_session:
+            # An earlier eviction condemned the spared session too: keep that tombstone in force.
+            spared_at = self._revoked_sessions.get(except_session, previous[0])
+            self._revoked_sessions[except_session] = max(spared_at, previous[0])
         self._revoked_identities[identity_id] = (self._monotonic(), except_session)
         self._prune_tombstones()
         keys = {
@@ -129,7 +134,8 @@ class SessionCache:
         self._by_identity.clear()
 
     # -- internals --------------------------------------------------------------------------
-    def _tombstoned(self, session_id: str, identity_id: str, started: float) -> bool:
+    def revoked_since(self, session_id: str, identity_id: str, started: float) -> bool:
+        """Was this session (or its identity) evicted at or after monotonic time `started`?"""
         revoked_at = self._revoked_sessions.get(session_id)
         if revoked_at is not None and started <= revoked_at:
             return True

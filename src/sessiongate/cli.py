@@ -133,7 +133,13 @@ def _serve(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from sessiongate.demo import run_demo
 
-    return run_demo(host=args.host, gate_port=args.port)
+    return run_demo(
+        host=args.host,
+        gate_port=args.port,
+        kratos_port=args.kratos_port,
+        admin_port=args.kratos_admin_port,
+        app_port=args.app_port,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -177,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="Kratos fake + sample app + the gate, on 127.0.0.1")
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=4455, help="the gate's port (default 4455)")
+    demo.add_argument("--kratos-port", type=int, default=4433)
+    demo.add_argument("--kratos-admin-port", type=int, default=4434)
+    demo.add_argument("--app-port", type=int, default=8080)
     demo.set_defaults(func=_demo)
     return parser
 

@@ -66,6 +66,8 @@ def parse_duration(value: Any) -> float:
         raise ValueError(
             f"invalid duration {value!r}: use seconds (60) or a unit: 500ms, 30s, 5m, 1h"
         )
+    if seconds != seconds or seconds in (float("inf"), float("-inf")):
+        raise ValueError("a duration must be a finite number of seconds")
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
     return seconds
@@ -331,7 +333,7 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
         # identity_headers keys are header names: keep their case
         if path[0] == "identity_headers" and len(path) == 2:
             path[1] = name[len(ENV_PREFIX) :].split("__")[1]
-        _set_path(tree, path, value if value is not None else raw)
+        _set_path(tree, path, value)  # `null` or `~` unsets an optional key
     return tree
 
 

@@ -82,10 +82,13 @@ def find_credential(headers: RawHeaders, is_session_cookie: CookieMatcher) -> Cr
     """The credential Kratos would use, or None. Raises MalformedCredential for junk."""
     cookie_headers: list[bytes] = []
     authorization = b""
+    token_seen = False
     for name, value in headers:
         if name == b"x-session-token":
-            if value:
+            # Go's Header.Get: only the first X-Session-Token counts, even when empty.
+            if value and not token_seen:
                 return Credential("token", _clean(value))
+            token_seen = True
         elif name == b"cookie":
             cookie_headers.append(value)
         elif name == b"authorization" and not authorization:

@@ -44,7 +44,7 @@ class Decider:
         """GET/HEAD that asks for HTML: a person to send to the login page, not an API call."""
         if method not in ("GET", "HEAD"):
             return False
-        return any(name == b"accept" and b"text/html" in value for name, value in headers)
+        return any(name == b"accept" and b"text/html" in value.lower() for name, value in headers)
 
     def origin(self, scheme: str, headers: RawHeaders) -> str | None:
         """The gate's origin: configured `public_url`, else from a well-formed Host header."""
@@ -54,7 +54,10 @@ class Decider:
             if name == b"host":
                 host = value.decode("latin-1")
                 if _HOST.match(host):
-                    return origin_of(f"{scheme}://{host}")
+                    try:
+                        return origin_of(f"{scheme}://{host}")
+                    except ValueError:  # port > 65535, bracketed non-IPv6 such as [fff]
+                        return None
                 return None
         return None
 

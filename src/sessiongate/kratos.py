@@ -7,6 +7,7 @@ credential header is ever sent; the Ory API key goes only to admin endpoints.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import httpx
@@ -40,6 +41,7 @@ class KratosClient:
         self.public_url = public_url.rstrip("/")
         self.admin_url = (admin_url or public_url).rstrip("/")
         self.api_key = api_key
+        self.timeout = timeout
         limits = httpx.Limits(
             max_connections=max_connections, max_keepalive_connections=max_connections
         )
@@ -52,12 +54,17 @@ class KratosClient:
         )
 
     async def whoami(self, credential: Credential) -> KratosAnswer:
-        return await self._send(
-            self.public,
-            "GET",
-            "/sessions/whoami",
-            headers={"Accept": "application/json", **credential.whoami_headers()},
-        )
+        try:
+            # httpx's timeout bounds each read; a Kratos trickling bytes must not outlast it
+            async with asyncio.timeout(self.timeout):
+                return await self._send(
+                    self.public,
+                    "GET",
+                    "/sessions/whoami",
+                    headers={"Accept": "application/json", **credential.whoami_headers()},
+                )
+        except TimeoutError as exc:
+            raise KratosUnavailable("whoami took longer than ory.timeout") from exc
 
     async def ready(self) -> bool:
         try:
@@ -75,7 +82,7 @@ class KratosClient:
     ) -> KratosAnswer:
         try:
             response = await client.request(method, path, headers=headers)
-        except (httpx.TransportError, httpx.TimeoutException) as exc:
+        except httpx.RequestError as exc:  # transport, timeout, and undecodable bodies
             raise KratosUnavailable(type(exc).__name__) from exc
         return KratosAnswer(response.status_code, response.headers, response.content)
 

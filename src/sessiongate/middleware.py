@@ -27,7 +27,7 @@ class OryUser(BaseUser):
 
     def __init__(self, session: dict[str, Any]) -> None:
         self.session = session
-        self.identity: dict[str, Any] = session.get("identity") or {}
+        self.identity_data: dict[str, Any] = session.get("identity") or {}
 
     @property
     def is_authenticated(self) -> bool:
@@ -35,13 +35,18 @@ class OryUser(BaseUser):
 
     @property
     def display_name(self) -> str:
-        traits = self.identity.get("traits")
+        traits = self.identity_data.get("traits")
         email = traits.get("email") if isinstance(traits, dict) else None
-        return email if isinstance(email, str) else str(self.identity.get("id", ""))
+        return email if isinstance(email, str) else self.identity_id
+
+    @property
+    def identity(self) -> str:
+        """Starlette's unique user identifier: the Ory identity id."""
+        return self.identity_id
 
     @property
     def identity_id(self) -> str:
-        return str(self.identity.get("id", ""))
+        return str(self.identity_data.get("id", ""))
 
     @property
     def session_id(self) -> str:

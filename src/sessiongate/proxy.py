@@ -28,7 +28,6 @@ from multidict import CIMultiDict
 from starlette.types import Receive, Scope, Send
 from yarl import URL
 
-from sessiongate.credentials import iter_cookies
 from sessiongate.responses import send_error
 
 log = logging.getLogger("sessiongate.proxy")
@@ -148,7 +147,12 @@ class UpstreamProxy:
                         out.add(name.decode("latin-1"), value.decode("latin-1"))
                 continue
             if name == b"cookie" and self.strip_cookie is not None:
-                kept = [f"{n}={v}" for n, v in iter_cookies(value) if not self.strip_cookie(n)]
+                # drop only the session cookie; the others stay byte for byte (quotes too)
+                kept = [
+                    part.strip()
+                    for part in value.decode("latin-1").split(";")
+                    if part.strip() and not self.strip_cookie(part.split("=", 1)[0].strip())
+                ]
                 if kept:
                     out.add("cookie", "; ".join(kept))
                 continue
@@ -174,6 +178,8 @@ class UpstreamProxy:
             lname = name.lower()
             if lname in HOP_BY_HOP or lname in connection_named:
                 continue
+            if lname == b"date":
+                continue  # the ASGI server adds its own Date: one response, one Date
             out.append((lname, value))
         return out
 
@@ -196,11 +202,6 @@ class UpstreamProxy:
         first = await receive()
         if first["type"] == "http.disconnect":
             return
-        body: bytes | AsyncIterator[bytes] | None
-        if first.get("more_body"):
-            body = self._stream_body(first.get("body", b""), receive)
-        else:
-            body = first.get("body", b"") or None
         task = asyncio.current_task()
         assert task is not None
         disconnected = asyncio.Event()
@@ -214,8 +215,17 @@ class UpstreamProxy:
                     task.cancel()
                     return
 
-        if body is None or isinstance(body, bytes):
+        def start_watcher() -> None:
+            nonlocal watcher
             watcher = asyncio.create_task(watch())
+
+        body: bytes | AsyncIterator[bytes] | None
+        if first.get("more_body"):
+            # receive() has one reader: the body's until its last chunk, then the watcher's
+            body = self._stream_body(first.get("body", b""), receive, start_watcher)
+        else:
+            body = first.get("body", b"") or None
+            start_watcher()
         started = False
         try:
             async with self.session().request(
@@ -248,6 +258,10 @@ class UpstreamProxy:
             raise
         except ClientGone:
             return
+        except aiohttp.ConnectionTimeoutError:
+            # could not even connect in time: the app is unreachable, not slow
+            log.warning("upstream %s: connect timeout", self.base)
+            await send_error(send, 502, reason="The protected app could not be reached.")
         except (TimeoutError, aiohttp.ServerTimeoutError):
             if started:
                 raise  # too late for a status: let the server drop the connection
@@ -256,9 +270,12 @@ class UpstreamProxy:
             aiohttp.ClientConnectorError,
             aiohttp.ClientOSError,
             aiohttp.ServerDisconnectedError,
+            aiohttp.ClientConnectionError,  # e.g. the body could not be sent
             aiohttp.ClientPayloadError,
             aiohttp.ClientResponseError,
         ) as exc:
+            if isinstance(exc.__cause__, ClientGone):
+                return  # aiohttp wraps what the body iterator raised: the client left mid-upload
             if started:
                 raise
             log.warning("upstream %s failed: %s", self.base, type(exc).__name__)
@@ -268,7 +285,9 @@ class UpstreamProxy:
                 watcher.cancel()
 
     @staticmethod
-    async def _stream_body(first: bytes, receive: Receive) -> AsyncIterator[bytes]:
+    async def _stream_body(
+        first: bytes, receive: Receive, on_end: Callable[[], None]
+    ) -> AsyncIterator[bytes]:
         if first:
             yield first
         while True:
@@ -279,6 +298,7 @@ class UpstreamProxy:
             if chunk:
                 yield chunk
             if not message.get("more_body"):
+                on_end()
                 return
 
     # -- WebSocket --------------------------------------------------------------------------

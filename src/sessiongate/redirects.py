@@ -22,21 +22,28 @@ def _suspicious(text: str) -> bool:
     )
 
 
+def _scheme(text: str) -> str:
+    try:
+        return urlsplit(text).scheme
+    except ValueError:  # e.g. a netloc that NFKC-normalises to '/', '@' ...: fail closed
+        return ""
+
+
 def safe_return_to(url: str, own_origin: str, allowed_origins: Iterable[str]) -> str | None:
     """The absolute URL to return to, or None if it could leave the allowed origins."""
     if not url or len(url) > 4096:
         return None
     # Decode up to three times: every layer must be as harmless as the raw form.
+    # The raw form is checked whole; decoded layers up to the query (an encoded space in a
+    # search query is harmless, one before the path is not: `/%09/evil.com`).
     layer = url
-    for _ in range(3):
-        if _suspicious(layer):
+    for depth in range(3):
+        if _suspicious(layer if depth == 0 else layer.split("?", 1)[0]):
             return None
         decoded = unquote(layer)
         if decoded == layer:
             break
-        if decoded.startswith(("//", "/\\")) or (
-            not layer.startswith("/") and not urlsplit(layer).scheme
-        ):
+        if decoded.startswith(("//", "/\\")) or (not layer.startswith("/") and not _scheme(layer)):
             return None
         layer = decoded
     else:
@@ -61,7 +68,8 @@ def safe_return_to(url: str, own_origin: str, allowed_origins: Iterable[str]) ->
     origin = origin_of(url)
     if origin != origin_of(own_origin) and origin not in set(allowed_origins):
         return None
-    return urlunsplit(parts)
+    # Normalised: the origin as compared (lower-case host, default port dropped) + the rest.
+    return origin + urlunsplit(("", "", parts.path, parts.query, parts.fragment))
 
 
 def with_query(url: str, **params: str) -> str:

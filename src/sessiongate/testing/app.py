@@ -38,6 +38,7 @@ from sessiongate.testing.credentials import (
     find_token,
     first_cookie,
 )
+from sessiongate.testing.login_ui import login_routes
 from sessiongate.testing.pagination import (
     KeysetToken,
     MigrationPage,
@@ -235,8 +236,10 @@ class KratosFake:
         )
         #: Every request the fake answered, as (method, path); tests count whoami calls with it.
         self.requests: list[tuple[str, str]] = []
+        self._passwords: dict[str, bytes] = {}
         admin_routes = self._admin_routes()
-        self._public = Router(routes=self._public_routes() + (admin_routes if api_key else []))
+        public_routes = self._public_routes() + login_routes(self)
+        self._public = Router(routes=public_routes + (admin_routes if api_key else []))
         self._admin = Router(routes=admin_routes)
         self._admin_port = _AdminPort(self)
 
@@ -262,6 +265,23 @@ class KratosFake:
             external_id=external_id,
             metadata_public=metadata_public,
         ).id
+
+    def set_password(self, identity_id: str, password: str) -> None:
+        """Enable the fake's login page for this identity (see `login_ui.py`)."""
+        self._passwords[identity_id] = hashlib.sha256(password.encode()).digest()
+
+    def check_password(self, email: str, password: str) -> str | None:
+        """The identity id when `email`'s password matches and the identity is active."""
+        digest = hashlib.sha256(password.encode()).digest()
+        for ident in self.store.identities.values():
+            stored = self._passwords.get(ident.id)
+            if ident.email == email and stored and secrets.compare_digest(stored, digest):
+                return ident.id if ident.state == "active" else None
+        return None
+
+    def return_to_allowed(self, return_to: str) -> str | None:
+        """`return_to` resolved, if `selfservice.allowed_return_urls` admits it."""
+        return self._return_to_allowed(return_to)
 
     def create_session(
         self,

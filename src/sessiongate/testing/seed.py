@@ -38,6 +38,7 @@ class SeedIdentity(BaseModel):
     state: Literal["active", "inactive"] = "active"
     available_aal: Literal["aal1", "aal2"] = "aal1"
     external_id: str = ""
+    password: str | None = None  # enables the fake's login page for this identity
     sessions: list[SeedSession] = Field(default_factory=list)
 
 
@@ -62,6 +63,8 @@ def apply_seed(fake: KratosFake, seed: Seed) -> list[tuple[str, CreatedSession]]
             available_aal=entry.available_aal,
             external_id=entry.external_id,
         )
+        if entry.password:
+            fake.set_password(iid, entry.password)
         for spec in entry.sessions:
             sess = fake.create_session(
                 iid,

@@ -1,0 +1,205 @@
+"""Which HTTP client should forward requests on the gate's hot path? Measure, don't guess.
+
+Starts nginx on 127.0.0.1 serving a fixed ~1 KB body, then, one at a time, a minimal pure-ASGI
+forwarding proxy under uvicorn (uvloop + httptools) built on each candidate client, pinned to
+core 1, and drives it with wrk pinned to core 0. Prints req/s and p99 for each, and each as a
+ratio to nginx served directly and to the httpx baseline, all from the same run.
+
+    python bench/compare_clients.py [--duration 5] [--connections 64]
+
+Needs nginx and wrk (Debian packages) and the candidates (pip install aiohttp pyreqwest).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+CANDIDATES = {
+    "httpx": """
+import httpx
+client = None
+async def app(scope, receive, send):
+    global client
+    if scope["type"] != "http":
+        return
+    if client is None:
+        client = httpx.AsyncClient(limits=httpx.Limits(max_connections=256,
+                                   max_keepalive_connections=256))
+    r = await client.get(UPSTREAM + scope["path"])
+    await send({"type": "http.response.start", "status": r.status_code,
+                "headers": [(b"content-length", str(len(r.content)).encode())]})
+    await send({"type": "http.response.body", "body": r.content})
+""",
+    "aiohttp": """
+import aiohttp
+session = None
+async def app(scope, receive, send):
+    global session
+    if scope["type"] != "http":
+        return
+    if session is None:
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256),
+                                        auto_decompress=False)
+    async with session.get(UPSTREAM + scope["path"]) as r:
+        await send({"type": "http.response.start", "status": r.status,
+                    "headers": [(b"content-length", r.headers["content-length"].encode())]})
+        async for chunk in r.content.iter_chunked(65536):
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+""",
+    "pyreqwest": """
+from pyreqwest.client import ClientBuilder
+client = None
+async def app(scope, receive, send):
+    global client
+    if scope["type"] != "http":
+        return
+    if client is None:
+        client = ClientBuilder().max_connections(256).build()
+    async with client.get(UPSTREAM + scope["path"]).build_streamed() as r:
+        await send({"type": "http.response.start", "status": r.status,
+                    "headers": [(b"content-length", r.get_header("content-length").encode())]})
+        while (chunk := await r.body_reader.read_chunk()) is not None:
+            await send({"type": "http.response.body", "body": bytes(chunk), "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+""",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def start_nginx(workdir: Path, port: int) -> subprocess.Popen[bytes]:
+    (workdir / "www").mkdir()
+    (workdir / "www" / "index.html").write_bytes(b"x" * 1024)
+    conf = workdir / "nginx.conf"
+    conf.write_text(
+        textwrap.dedent(f"""
+        worker_processes 1; daemon off; pid {workdir}/nginx.pid;
+        error_log {workdir}/error.log warn;
+        events {{ worker_connections 4096; }}
+        http {{
+          access_log off; keepalive_requests 1000000;
+          server {{ listen 127.0.0.1:{port};
+                   location / {{ root {workdir}/www; try_files /index.html =404; }} }}
+        }}""")
+    )
+    proc = subprocess.Popen(["taskset", "-c", "1", "nginx", "-c", str(conf)])
+    wait_port(port)
+    return proc
+
+
+def wrk(url: str, duration: int, connections: int) -> tuple[float, str]:
+    out = subprocess.run(
+        [
+            "taskset",
+            "-c",
+            "0",
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{duration}s",
+            "--latency",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p99 = re.search(r"99%\s+(\S+)", out)
+    return rps, p99.group(1) if p99 else "?"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--duration", type=int, default=5)
+    parser.add_argument("--connections", type=int, default=64)
+    args = parser.parse_args()
+    for tool in ("nginx", "wrk", "taskset"):
+        if not shutil.which(tool):
+            print(f"missing {tool}: apt-get install nginx wrk util-linux", file=sys.stderr)
+            return 2
+    results: dict[str, tuple[float, str]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        nginx_port = free_port()
+        nginx = start_nginx(workdir, nginx_port)
+        try:
+            upstream = f"http://127.0.0.1:{nginx_port}"
+            results["nginx direct"] = wrk(upstream + "/", args.duration, args.connections)
+            for name, source in CANDIDATES.items():
+                module = workdir / f"proxy_{name}.py"
+                module.write_text(f"UPSTREAM = {upstream!r}\n" + textwrap.dedent(source))
+                port = free_port()
+                env = dict(os.environ, PYTHONPATH=str(workdir))
+                proc = subprocess.Popen(
+                    [
+                        "taskset",
+                        "-c",
+                        "1",
+                        sys.executable,
+                        "-m",
+                        "uvicorn",
+                        f"proxy_{name}:app",
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        str(port),
+                        "--log-level",
+                        "warning",
+                        "--no-access-log",
+                        "--loop",
+                        "uvloop",
+                        "--http",
+                        "httptools",
+                    ],
+                    env=env,
+                )
+                try:
+                    wait_port(port)
+                    wrk(f"http://127.0.0.1:{port}/", 1, args.connections)  # warm the pool
+                    results[name] = wrk(
+                        f"http://127.0.0.1:{port}/", args.duration, args.connections
+                    )
+                except subprocess.CalledProcessError as exc:
+                    print(f"{name}: failed: {exc}", file=sys.stderr)
+                finally:
+                    proc.terminate()
+                    proc.wait(10)
+        finally:
+            nginx.terminate()
+            nginx.wait(10)
+    direct = results["nginx direct"][0]
+    base = results.get("httpx", (float("nan"), ""))[0]
+    print(f"{'forwarding client':<18}{'req/s':>10}{'p99':>10}{'vs nginx':>10}{'vs httpx':>10}")
+    for name, (rps, p99) in results.items():
+        print(f"{name:<18}{rps:>10.0f}{p99:>10}{rps / direct:>10.3f}{rps / base:>10.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

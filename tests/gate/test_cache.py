@@ -1,0 +1,388 @@
+"""SessionCache on injected clocks: lifetimes, LRU, negatives, evictions, tombstones."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from sessiongate.cache import NEGATIVE, CachedSession, SessionCache
+
+WALL0 = 1_700_000_000.0
+
+
+class Clocks:
+    """A monotonic clock and a wall clock that tests move together."""
+
+    def __init__(self) -> None:
+        self.mono = 1000.0
+        self.wall_now = WALL0
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def wall(self) -> float:
+        return self.wall_now
+
+    def advance(self, seconds: float) -> None:
+        self.mono += seconds
+        self.wall_now += seconds
+
+
+@pytest.fixture
+def clocks() -> Clocks:
+    return Clocks()
+
+
+def make_cache(clocks: Clocks, **kwargs: Any) -> SessionCache:
+    options: dict[str, Any] = {"ttl": 60.0, "max_entries": 100, "negative_ttl": 2.0}
+    options.update(kwargs)
+    return SessionCache(monotonic=clocks.monotonic, wall=clocks.wall, **options)
+
+
+def entry(
+    clocks: Clocks, session_id: str = "s1", identity_id: str = "i1", expires_in: float = 3600.0
+) -> CachedSession:
+    return CachedSession(
+        session_id=session_id,
+        identity_id=identity_id,
+        expires_at=clocks.wall_now + expires_in,
+        session={"id": session_id, "identity": {"id": identity_id}, "active": True},
+        body=b"{}",
+    )
+
+
+def key(n: int | str) -> bytes:
+    return f"key-{n}".encode()
+
+
+def assert_no_leak(cache: SessionCache) -> None:
+    assert len(cache) == 0
+    assert cache._entries == {}
+    assert cache._by_session == {}
+    assert cache._by_identity == {}
+
+
+# -- lifetimes ------------------------------------------------------------------------------
+
+
+def test_entry_lives_for_ttl(clocks: Clocks) -> None:
+    cache = make_cache(clocks, ttl=10.0)
+    e = entry(clocks, expires_in=3600)
+    assert cache.put(key(1), e, started=clocks.mono)
+    assert e.deadline == pytest.approx(clocks.mono + 10.0)
+    clocks.advance(9.9)
+    assert cache.get(key(1)) is e
+    clocks.advance(0.1)
+    assert cache.get(key(1)) is None
+    assert_no_leak(cache)
+
+
+def test_entry_never_outlives_session_expiry(clocks: Clocks) -> None:
+    cache = make_cache(clocks, ttl=60.0)
+    e = entry(clocks, expires_in=5.0)
+    assert cache.put(key(1), e, started=clocks.mono)
+    assert e.deadline == pytest.approx(clocks.mono + 5.0)
+    clocks.advance(4.9)
+    assert cache.get(key(1)) is e
+    clocks.advance(0.1)  # exactly at expires_at: dead
+    assert cache.get(key(1)) is None
+    clocks.advance(100)
+    assert cache.get(key(1)) is None
+    assert_no_leak(cache)
+
+
+def test_cache_for_caps_the_lifetime(clocks: Clocks) -> None:
+    cache = make_cache(clocks, ttl=60.0)
+    e = entry(clocks, expires_in=3600)
+    assert cache.put(key(1), e, started=clocks.mono, cache_for=3.0)
+    clocks.advance(2.9)
+    assert cache.get(key(1)) is e
+    clocks.advance(0.1)
+    assert cache.get(key(1)) is None
+
+
+def test_lifetime_is_minimum_of_all_three(clocks: Clocks) -> None:
+    cache = make_cache(clocks, ttl=8.0)
+    cases = [
+        (entry(clocks, "a", expires_in=5.0), 30.0, 5.0),  # expiry smallest
+        (entry(clocks, "b", expires_in=50.0), 30.0, 8.0),  # ttl smallest
+        (entry(clocks, "c", expires_in=50.0), 2.0, 2.0),  # cache_for smallest
+    ]
+    for i, (e, cache_for, lifetime) in enumerate(cases):
+        assert cache.put(key(i), e, started=clocks.mono, cache_for=cache_for)
+        assert e.deadline == pytest.approx(clocks.mono + lifetime)
+
+
+def test_cache_for_zero_stores_nothing(clocks: Clocks) -> None:
+    cache = make_cache(clocks)
+    assert not cache.put(key(1), entry(clocks), started=clocks.mono, cache_for=0.0)
+    assert cache.get(key(1)) is None
+    assert_no_leak(cache)
+
+
+@pytest.mark.parametrize("expires_in", [0.0, -1.0, -3600.0])
+def test_already_expired_session_is_never_stored(clocks: Clocks, expires_in: float) -> None:
+    cache = make_cache(clocks)
+    assert not cache.put(key(1), entry(clocks, expires_in=expires_in), started=clocks.mono)
+    assert cache.get(key(1)) is None
+    assert_no_leak(cache)
+
+
+def test_expiry_uses_wall_clock_not_monotonic(clocks: Clocks) -> None:
+    """The session's expires_at is wall time; a wall clock ahead means less time left."""
+    cache = make_cache(clocks, ttl=60.0)
+    e = entry(clocks, expires_in=10.0)
+    clocks.wall_now += 7.0  # wall moved (e.g. the answer took a while), monotonic did not
+    assert cache.put(key(1), e, started=clocks.mono)
+    assert e.deadline == pytest.approx(clocks.mono + 3.0)
+
+
+def test_put_replaces_previous_entry_for_key(clocks: Clocks) -> None:
+    cache = make_cache(clocks)
+    first = entry(clocks, "s1", "i1")
+    second = entry(clocks, "s2", "i2")
+    assert cache.put(key(1), first, started=clocks.mono)
+    assert cache.put(key(1), second, started=clocks.mono)
+    assert cache.get(key(1)) is second
+    assert len(cache) == 1
+    assert "s1" not in cache._by_session
+    assert "i1" not in cache._by_identity
+    assert cache.evict_session("s1") == 0
+    assert cache.get(key(1)) is second
+
+
+# -- LRU ------------------------------------------------------------------------------------
+
+
+def test_lru_bound_drops_least_recently_used(clocks: Clocks) -> None:
+    cache = make_cache(clocks, max_entries=3)
+    for i in range(3):
+        assert cache.put(key(i), entry(clocks, f"s{i}", f"i{i}"), started=clocks.mono)
+    assert cache.get(key(0)) is not None  # 0 is now the most recently used; 1 is the oldest
+    assert cache.put(key(3), entry(clocks, "s3", "i3"), started=clocks.mono)
+    assert len(cache) == 3
+    assert cache.get(key(1)) is None
+    for i in (0, 2, 3):
+        assert cache.get(key(i)) is not None, i
+    # the dropped entry left nothing behind in the indexes
+    assert "s1" not in cache._by_session
+    assert "i1" not in cache._by_identity
+    assert set(cache._by_session) == {"s0", "s2", "s3"}
+
+
+def test_lru_without_gets_drops_oldest_insert(clocks: Clocks) -> None:
+    cache = make_cache(clocks, max_entries=2)
+    for i in range(5):
+        cache.put(key(i), entry(clocks, f"s{i}", f"i{i}"), started=clocks.mono)
+    assert list(cache._entries) == [key(3), key(4)]
+    assert set(cache._by_session) == {"s3", "s4"}
+    assert set(cache._by_identity) == {"i3", "i4"}
+
+
+def test_lru_counts_negative_entries_too(clocks: Clocks) -> None:
+    cache = make_cache(clocks, max_entries=2)
+    cache.put(key("pos"), entry(clocks), started=clocks.mono)
+    cache.put_negative(key("n1"))
+    cache.put_negative(key("n2"))
+    assert len(cache) == 2
+    assert cache.get(key("pos")) is None
+    assert cache._by_session == {}
+    assert cache._by_identity == {}
+
+
+# -- negatives ------------------------------------------------------------------------------
+
+
+def test_negative_entry_expires_after_negative_ttl(clocks: Clocks) -> None:
+    cache = make_cache(clocks, negative_ttl=2.0)
+    cache.put_negative(key(1))
+    assert cache.get(key(1)) is NEGATIVE
+    clocks.advance(1.9)
+    assert cache.get(key(1)) is NEGATIVE
+    clocks.advance(0.1)
+    assert cache.get(key(1)) is None
+    assert_no_leak(cache)
+
+
+def test_negative_ttl_zero_stores_nothing(clocks: Clocks) -> None:
+    cache = make_cache(clocks, negative_ttl=0.0)
+    cache.put_negative(key(1))
+    assert cache.get(key(1)) is None
+    assert_no_leak(cache)
+
+
+def test_negative_replaces_positive_and_cleans_indexes(clocks: Clocks) -> None:
+    cache = make_cache(clocks)
+    cache.put(key(1), entry(clocks), started=clocks.mono)
+    cache.put_negative(key(1))
+    assert cache.get(key(1)) is NEGATIVE
+    assert cache._by_session == {}
+    assert cache._by_identity == {}
+
+
+# -- evictions ------------------------------------------------------------------------------
+
+
+def test_evict_session_removes_all_its_keys_only(clocks: Clocks) -> None:
+    cache = make_cache(clocks)
+    # one session reached through two credentials (token and cookie), plus a neighbour
+    cache.put(key("tok"), entry(clocks, "s1", "i1"), started=clocks.mono)
+    cache.put(key("cookie"), entry(clocks, "s1", "i1"), started=clocks.mono)
+    cache.put(key("other"), entry(clocks, "s2", "i1"), started=clocks.mono)
+    assert cache.evict_session("s1") == 2
+    assert cache.get(key("tok")) is None
+    assert cache.get(key("cookie")) is None
+    assert cache.get(key("other")) is not None
+    assert "s1" not in cache._by_session
+    assert cache._by_identity == {"i1": {key("other")}}
+    assert cache.evict_session("s1") == 0
+    assert cache.evict_session("unknown") == 0
+    assert cache.evict_session("s2") == 1
+    assert_no_leak(cache)
+
+
+def test_evict_identity_removes_every_session_of_it(clocks: Clocks) -> None:
+    cache = make_cache(clocks)
+    cache.put(key(1), entry(clocks, "s1", "alice"), started=clocks.mono)
+    cache.put(key(2), entry(clocks, "s2", "alice"), started=clocks.mono)
+    cache.put(key(3), entry(clocks, "s3", "bob"), started=clocks.mono)
+    assert cache.evict_identity("alice") == 2
+    assert cache.get(key(1)) is None
+    assert cache.get(key(2)) is None
+    assert cache.get(key(3)) is not None
+    assert set(cache._by_session) == {"s3"}
+    assert set(cache._by_identity) == {"bob"}
+    assert cache.evict_identity("nobody") == 0
+
+
+def test_evict_identity_except_session(clocks: Clocks) -> None:
+    cache = make_cache(clocks)
+    cache.put(key(1), entry(clocks, "s1", "alice"), started=clocks.mono)
+    cache.put(key(2), entry(clocks, "s2", "alice"), started=clocks.mono)
+    cache.put(key(22), entry(clocks, "s2", "alice"), started=clocks.mono)
+    cache.put(key(3), entry(clocks, "s3", "alice"), started=clocks.mono)
+    assert cache.evict_identity("alice", except_session="s2") == 2
+    assert cache.get(key(1)) is None
+    assert cache.get(key(3)) is None
+    assert cache.get(key(2)) is not None
+    assert cache.get(key(22)) is not None
+    assert set(cache._by_session) == {"s2"}
+    assert cache._by_identity == {"alice": {key(2), key(22)}}
+
+
+def test_evicting_everything_leaves_no_index_entries(clocks: Clocks) -> None:
+    cache = make_cache(clocks, max_entries=5)
+    for i in range(20):
+        cache.put(key(i), entry(clocks, f"s{i % 7}", f"i{i % 3}"), started=clocks.mono)
+    for i in range(3):
+        cache.evict_identity(f"i{i}")
+    assert_no_leak(cache)
+
+
+def test_expired_entries_leave_no_index_entries(clocks: Clocks) -> None:
+    cache = make_cache(clocks, ttl=1.0)
+    for i in range(10):
+        cache.put(key(i), entry(clocks, f"s{i}", "i"), started=clocks.mono)
+    clocks.advance(2)
+    for i in range(10):
+        assert cache.get(key(i)) is None
+    assert_no_leak(cache)
+
+
+def test_forget_session_drops_without_tombstone(clocks: Clocks) -> None:
+    cache = make_cache(clocks)
+    started = clocks.mono
+    cache.put(key(1), entry(clocks, "s1", "i1"), started=started)
+    clocks.advance(1)
+    assert cache.forget_session("s1") == 1
+    assert cache.get(key(1)) is None
+    assert_no_leak(cache)
+    # an answer that started before the forget may still be cached: no tombstone
+    assert cache.put(key(1), entry(clocks, "s1", "i1"), started=started)
+    assert cache.get(key(1)) is not None
+    assert cache.forget_session("nope") == 0
+
+
+def test_clear_empties_everything(clocks: Clocks) -> None:
+    cache = make_cache(clocks)
+    cache.put(key(1), entry(clocks), started=clocks.mono)
+    cache.put_negative(key(2))
+    cache.clear()
+    assert cache.get(key(1)) is None
+    assert cache.get(key(2)) is None
+    assert_no_leak(cache)
+
+
+# -- tombstones -----------------------------------------------------------------------------
+
+
+def test_put_started_before_evict_session_is_refused(clocks: Clocks) -> None:
+    cache = make_cache(clocks)
+    started = clocks.mono  # whoami sent ...
+    clocks.advance(0.5)
+    assert cache.evict_session("s1") == 0  # ... the session is revoked meanwhile ...
+    clocks.advance(0.5)
+    assert not cache.put(key(1), entry(clocks, "s1", "i1"), started=started)  # ... answer lands
+    assert cache.get(key(1)) is None
+    assert_no_leak(cache)
+    # other sessions of the identity are unaffected
+    assert cache.put(key(2), entry(clocks, "s2", "i1"), started=started)
+
+
+def test_put_started_after_evict_session_is_accepted(clocks: Clocks) -> None:
+    cache = make_cache(clocks)
+    cache.evict_session("s1")
+    clocks.advance(0.1)
+    assert cache.put(key(1), entry(clocks, "s1", "i1"), started=clocks.mono)
+    assert cache.get(key(1)) is not None
+
+
+def test_put_started_before_evict_identity_is_refused(clocks: Clocks) -> None:
+    cache = make_cache(clocks)
+    started = clocks.mono
+    clocks.advance(0.5)
+    cache.evict_identity("alice")
+    assert not cache.put(key(1), entry(clocks, "s1", "alice"), started=started)
+    assert not cache.put(key(2), entry(clocks, "s2", "alice"), started=started)
+    assert cache.put(key(3), entry(clocks, "s3", "bob"), started=started)
+    assert cache.get(key(1)) is None
+    assert cache.get(key(2)) is None
+    clocks.advance(0.1)
+    assert cache.put(key(1), entry(clocks, "s1", "alice"), started=clocks.mono)
+    assert cache.get(key(1)) is not None
+
+
+def test_evict_identity_tombstone_spares_the_excepted_session(clocks: Clocks) -> None:
+    cache = make_cache(clocks)
+    started = clocks.mono
+    clocks.advance(0.5)
+    cache.evict_identity("alice", except_session="keep")
+    assert cache.put(key(1), entry(clocks, "keep", "alice"), started=started)
+    assert not cache.put(key(2), entry(clocks, "other", "alice"), started=started)
+
+
+def test_forget_session_leaves_earlier_tombstone_in_force(clocks: Clocks) -> None:
+    cache = make_cache(clocks)
+    started = clocks.mono
+    clocks.advance(0.5)
+    cache.evict_session("s1")
+    cache.forget_session("s1")
+    assert not cache.put(key(1), entry(clocks, "s1", "i1"), started=started)
+
+
+def test_later_partial_identity_eviction_does_not_pardon_earlier_one(clocks: Clocks) -> None:
+    """evict_identity(X) then evict_identity(X, except_session=S): S's answer that was already
+    in flight at the first eviction must still be refused."""
+    cache = make_cache(clocks)
+    started = clocks.mono
+    clocks.advance(0.5)
+    cache.evict_identity("alice")  # every session of alice condemned here
+    clocks.advance(0.5)
+    cache.evict_identity("alice", except_session="s1")  # later: all but s1
+    assert not cache.put(key(1), entry(clocks, "s1", "alice"), started=started)
+    assert not cache.put(key(2), entry(clocks, "s2", "alice"), started=started)
+    # s1 asked between the two evictions is fine; s2 is not
+    between = clocks.mono - 0.25
+    assert cache.put(key(1), entry(clocks, "s1", "alice"), started=between)
+    assert not cache.put(key(2), entry(clocks, "s2", "alice"), started=between)
