@@ -341,3 +341,11 @@ def test_env_null_unsets_an_optional_key(tmp_path) -> None:
     config.write_text("ory: {admin_url: http://127.0.0.1:4434}\n")
     settings = load_settings(config, environ={"SESSIONGATE_ORY__ADMIN_URL": "null"})
     assert settings.ory.admin_url is None
+
+
+def test_unknown_single_segment_variables_are_not_settings() -> None:
+    # e.g. a custom sessions_api.admin.keys_env holding secrets, or another tool's variable
+    settings = load_settings(
+        None, environ={"SESSIONGATE_MY_ADMIN_KEYS": "k1,k2", "SESSIONGATE_LOG_LEVEL": "debug"}
+    )
+    assert settings.log_level == "debug"

@@ -58,6 +58,7 @@ class SessionCache:
         # Tombstones: id → (monotonic time of eviction, session id to spare or "").
         self._revoked_sessions: dict[str, float] = {}
         self._revoked_identities: dict[str, tuple[float, str]] = {}
+        self._cleared_at = float("-inf")
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -129,6 +130,8 @@ class SessionCache:
         return self._remove_all(self._by_session.get(session_id, set()).copy())
 
     def clear(self) -> None:
+        """Drop everything; answers in flight now are refused later (a global tombstone)."""
+        self._cleared_at = self._monotonic()
         self._entries.clear()
         self._by_session.clear()
         self._by_identity.clear()
@@ -136,6 +139,8 @@ class SessionCache:
     # -- internals --------------------------------------------------------------------------
     def revoked_since(self, session_id: str, identity_id: str, started: float) -> bool:
         """Was this session (or its identity) evicted at or after monotonic time `started`?"""
+        if started <= self._cleared_at:
+            return True
         revoked_at = self._revoked_sessions.get(session_id)
         if revoked_at is not None and started <= revoked_at:
             return True

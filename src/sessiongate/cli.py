@@ -88,15 +88,19 @@ def _fake_kratos(args: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from sessiongate.config import ConfigError, load_settings
+    from sessiongate.config import ConfigError, load_settings, runtime_problems
 
     try:
-        return load_settings(args.config or None)
+        settings = load_settings(args.config or None)
+        problems = runtime_problems(settings)
+        if problems:
+            raise ConfigError(problems)
     except ConfigError as exc:
         print(f"sessiongate: configuration has {len(exc.problems)} problem(s):", file=sys.stderr)
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return None
+    return settings
 
 
 def _check_config(args: argparse.Namespace) -> int:

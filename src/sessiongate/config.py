@@ -13,7 +13,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -30,6 +30,7 @@ from pydantic import (
 ENV_PREFIX = "SESSIONGATE_"
 CONFIG_ENV = "SESSIONGATE_CONFIG"
 API_KEY_ENV = "ORY_API_KEY"
+ADMIN_KEYS_ENV = "SESSIONGATE_ADMIN_KEYS"  # a secret, not a settings override
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -220,6 +221,125 @@ class Forwarded(_Section):
         return v
 
 
+class AdminApi(_Section):
+    enabled: bool = False
+    keys_env: str = ADMIN_KEYS_ENV  # comma-separated keys, read from this variable
+    allow_identities: list[str] = Field(default_factory=list)  # ids or `path=value` rules
+
+    @field_validator("keys_env")
+    @classmethod
+    def _env_name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v):
+            raise ValueError(f"not an environment variable name: {v!r}")
+        return v
+
+    @field_validator("allow_identities")
+    @classmethod
+    def _rules(cls, v: list[str]) -> list[str]:
+        for rule in v:
+            path, sep, value = rule.partition("=")
+            if sep and (not _JSON_PATH.match(path) or not value):
+                raise ValueError(f"rules are an identity id or path=value, got {rule!r}")
+            if not sep and not re.fullmatch(r"[0-9a-fA-F-]{36}", rule):
+                raise ValueError(f"{rule!r} is neither an identity id (uuid) nor path=value")
+        return v
+
+    def keys(self, environ: Mapping[str, str] | None = None) -> list[str]:
+        raw = (os.environ if environ is None else environ).get(self.keys_env, "")
+        return [k.strip() for k in raw.split(",") if k.strip()]
+
+
+class SessionsApi(_Section):
+    enabled: bool = True
+    prefix: str = ""  # "" or a path such as /auth: routes become /auth/sessions...
+    cookie_domain: str | None = None  # rewrite Domain= on relayed Set-Cookie headers
+    admin: AdminApi = Field(default_factory=AdminApi)
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        v = v.rstrip("/")
+        if v and (not v.startswith("/") or not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", v)):
+            raise ValueError(f"prefix is empty or a path like /auth, got {v!r}")
+        return v
+
+    @field_validator("cookie_domain")
+    @classmethod
+    def _domain(cls, v: str | None) -> str | None:
+        if v in (None, ""):
+            return None
+        if not re.fullmatch(r"\.?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*", v):
+            raise ValueError(f"not a cookie domain: {v!r}")
+        return v
+
+
+class Cors(_Section):
+    allowed_origins: list[str] = Field(default_factory=list)
+    allowed_origin_regex: str | None = None
+    allow_credentials: bool = True
+    apply_to: Literal["sessions", "all"] = "sessions"
+    max_age: int = Field(default=600, ge=0, le=86400)
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, v: list[str]) -> list[str]:
+        out = []
+        for item in v:
+            if item == "*":
+                out.append(item)
+                continue
+            parts = urlsplit(item)
+            if (
+                parts.scheme not in ("http", "https")
+                or not parts.hostname
+                or (parts.path not in ("", "/") or parts.query or parts.fragment)
+            ):
+                raise ValueError(f"CORS origins look like https://app.example.com, got {item!r}")
+            out.append(origin_of(item))
+        return out
+
+    @field_validator("allowed_origin_regex")
+    @classmethod
+    def _regex(cls, v: str | None) -> str | None:
+        if v in (None, ""):
+            return None
+        try:
+            re.compile(v)
+        except re.error as exc:
+            raise ValueError(f"invalid regular expression: {exc}") from exc
+        return v
+
+    @model_validator(mode="after")
+    def _no_wildcard_with_credentials(self) -> Cors:
+        if self.allow_credentials and "*" in self.allowed_origins:
+            raise ValueError(
+                "allowed_origins '*' together with allow_credentials would let "
+                "any site read responses with the user's cookies; list origins"
+            )
+        if (
+            self.allow_credentials
+            and self.allowed_origin_regex
+            and any(
+                re.fullmatch(self.allowed_origin_regex, probe)
+                for probe in ("https://attacker.invalid", "http://attacker.invalid")
+            )
+        ):
+            raise ValueError(
+                "allowed_origin_regex matches any origin "
+                "(e.g. https://attacker.invalid); with credentials that is unsafe"
+            )
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.allowed_origins or self.allowed_origin_regex)
+
+    def allows(self, origin: str) -> bool:
+        if origin in self.allowed_origins or "*" in self.allowed_origins:
+            return True
+        return bool(self.allowed_origin_regex and re.fullmatch(self.allowed_origin_regex, origin))
+
+
 class Settings(_Section):
     """The whole configuration; every section has secure defaults."""
 
@@ -238,6 +358,8 @@ class Settings(_Section):
     )
     session_header: str | None = None  # opt-in: the whole session, base64url JSON
     forwarded: Forwarded = Field(default_factory=Forwarded)
+    sessions_api: SessionsApi = Field(default_factory=SessionsApi)
+    cors: Cors = Field(default_factory=Cors)
     log_level: str = "info"
 
     @field_validator("public_url")
@@ -317,14 +439,21 @@ def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
+_SCALAR_KEYS = frozenset({"public_url", "session_header", "log_level", "identity_headers"})
+
+
 def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     """`SESSIONGATE_ORY__PUBLIC_URL=...` → {"ory": {"public_url": ...}}; values parsed as YAML."""
     tree: dict[str, Any] = {}
     for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+        if not name.startswith(ENV_PREFIX) or name in (CONFIG_ENV, ADMIN_KEYS_ENV):
             continue
         path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
         if not all(path):
+            continue
+        if len(path) == 1 and path[0] not in _SCALAR_KEYS:
+            # SESSIONGATE_ADMIN_KEYS-like variables hold secrets or belong to other tools;
+            # only the top-level scalar settings are single-segment overrides.
             continue
         try:
             value = yaml.safe_load(raw) if raw.strip() else raw
@@ -383,6 +512,21 @@ def load_settings(
         return Settings.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc)) from exc
+
+
+def runtime_problems(settings: Settings, environ: Mapping[str, str] | None = None) -> list[str]:
+    """Problems that depend on the environment as well as the file (checked at start-up)."""
+    admin = settings.sessions_api.admin
+    if (
+        settings.sessions_api.enabled
+        and admin.enabled
+        and not (admin.keys(environ) or admin.allow_identities)
+    ):
+        return [
+            f"sessions_api.admin.enabled: admin routes are on but there are neither keys "
+            f"(environment variable {admin.keys_env}) nor allow_identities rules"
+        ]
+    return []
 
 
 def ory_api_key(environ: Mapping[str, str] | None = None) -> str | None:

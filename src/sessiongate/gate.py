@@ -1,8 +1,10 @@
 """The standalone gate: an ASGI app that authenticates every request and proxies it.
 
-Reads like the request's path: its own health endpoints, then the `Gatekeeper` (credential →
-cache/whoami → decision → identity headers), then the `UpstreamProxy`. Long-lived clients are
-opened on first use and closed on lifespan shutdown (or `aclose()`).
+Reads like the request's path: CORS (Starlette's middleware: preflights are answered before
+any authentication), the gate's own health endpoints, the session relay routes, then the
+`Gatekeeper` (credential → cache/whoami → decision → identity headers) and the
+`UpstreamProxy`. Long-lived clients are opened on first use and closed on lifespan shutdown
+(or `aclose()`).
 """
 
 from __future__ import annotations
@@ -10,22 +12,38 @@ from __future__ import annotations
 import json
 
 import httpx
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import Receive, Scope, Send
 
-from sessiongate.config import Settings, ory_api_key
+from sessiongate.config import ConfigError, Settings, ory_api_key, runtime_problems
 from sessiongate.gatekeeper import Gatekeeper
 from sessiongate.kratos import KratosClient
 from sessiongate.proxy import UpstreamProxy
+from sessiongate.relay import SessionsRelay
 from sessiongate.responses import send_json
 
 HEALTH_ALIVE = "/health/alive"
 HEALTH_READY = "/health/ready"
+RAW_SEND = "sessiongate.raw_send"  # scope key: the server's send, bypassing CORS headers
+
+CORS_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+CORS_HEADERS = ["X-Session-Token", "Authorization", "Content-Type", "Accept", "X-Request-Id"]
+CORS_EXPOSE = [
+    "Link",
+    "X-Total-Count",
+    "Ory-Error-Id",
+    "X-Kratos-Authenticated-Identity-Id",
+    "Retry-After",
+]
 
 
 class Gate:
     def __init__(
         self, settings: Settings, *, kratos_transport: httpx.AsyncBaseTransport | None = None
     ) -> None:
+        problems = runtime_problems(settings)
+        if problems:
+            raise ConfigError(problems)
         self.settings = settings
         self.kratos = KratosClient(
             settings.ory.public_url,
@@ -44,6 +62,35 @@ class Gate:
             max_connections=settings.upstream.max_connections,
             trusted_proxies=settings.forwarded.trusted_proxies,
             strip_cookie=matcher if settings.upstream.strip_session_cookie else None,
+            strip_cors_headers=settings.cors.enabled and settings.cors.apply_to == "all",
+        )
+        api = settings.sessions_api
+        self.relay = (
+            SessionsRelay(
+                settings,
+                self.kratos,
+                self.gatekeeper,
+                admin_keys=api.admin.keys(),
+                is_allowed_origin=settings.cors.allows,
+            )
+            if api.enabled
+            else None
+        )
+        cors = settings.cors
+        self.cors_all = cors.apply_to == "all"
+        self.cors = (
+            CORSMiddleware(
+                self._http,
+                allow_origins=cors.allowed_origins,
+                allow_origin_regex=cors.allowed_origin_regex,
+                allow_credentials=cors.allow_credentials,
+                allow_methods=CORS_METHODS,
+                allow_headers=CORS_HEADERS,
+                expose_headers=CORS_EXPOSE,
+                max_age=cors.max_age,
+            )
+            if cors.enabled
+            else None
         )
 
     @property
@@ -54,19 +101,31 @@ class Gate:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            path = scope["path"]
-            if path in (HEALTH_ALIVE, HEALTH_READY):
-                await self._health(path, send)
+            if self.cors is None:
+                await self._http(scope, receive, send)
                 return
-            admitted = await self.gatekeeper.check(scope, send)
-            if admitted is not None:
-                await self.proxy.forward(scope, receive, send, admitted.headers)
+            if not self.cors_all:
+                # CORS headers on the relay and on the gate's own answers, not on the app's
+                scope[RAW_SEND] = send
+            await self.cors(scope, receive, send)
         elif kind == "websocket":
             admitted = await self.gatekeeper.check(scope, send)
             if admitted is not None:
                 await self.proxy.websocket(scope, receive, send, admitted.headers)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope["path"]
+        if path in (HEALTH_ALIVE, HEALTH_READY):
+            await self._health(path, send)
+            return
+        if self.relay is not None and self.relay.matches(path):
+            await self.relay(scope, receive, send)
+            return
+        admitted = await self.gatekeeper.check(scope, send)
+        if admitted is not None:
+            await self.proxy.forward(scope, receive, scope.get(RAW_SEND, send), admitted.headers)
 
     async def _health(self, path: str, send: Send) -> None:
         if path == HEALTH_ALIVE:

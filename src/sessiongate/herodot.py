@@ -18,6 +18,8 @@ DEFAULT_MESSAGES: dict[int, str] = {
     401: "The request could not be authorized",
     403: "The requested action was forbidden",
     404: "The requested resource could not be found",
+    405: "The requested method is not allowed",
+    413: "The request body is too large",
     409: "The resource could not be created due to a conflict",
     429: "The request was rate limited",
     500: "An internal server error occurred, please contact the system administrator",

@@ -74,6 +74,7 @@ class UpstreamProxy:
         max_connections: int = 256,
         trusted_proxies: list[str] | None = None,
         strip_cookie: Callable[[str], bool] | None = None,
+        strip_cors_headers: bool = False,
     ) -> None:
         self.base = url.rstrip("/")
         self.host_header = URL(self.base).raw_authority
@@ -81,6 +82,8 @@ class UpstreamProxy:
         self.max_connections = max_connections
         self.trusted = tuple(ipaddress.ip_network(c, strict=False) for c in trusted_proxies or [])
         self.strip_cookie = strip_cookie
+        # With CORS applied to everything the gate's policy replaces the app's headers.
+        self.strip_cors_headers = strip_cors_headers
         self._session: aiohttp.ClientSession | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -165,8 +168,7 @@ class UpstreamProxy:
         out["Host"] = self.host_header
         return out
 
-    @staticmethod
-    def response_headers(raw: tuple[tuple[bytes, bytes], ...]) -> RawHeaders:
+    def response_headers(self, raw: tuple[tuple[bytes, bytes], ...]) -> RawHeaders:
         connection_named = {
             token.strip().lower().encode("latin-1")
             for name, value in raw
@@ -180,6 +182,8 @@ class UpstreamProxy:
                 continue
             if lname == b"date":
                 continue  # the ASGI server adds its own Date: one response, one Date
+            if self.strip_cors_headers and lname.startswith(b"access-control-"):
+                continue
             out.append((lname, value))
         return out
 

@@ -1,55 +1,16 @@
-"""A real stack on 127.0.0.1 for the gate's tests: Kratos fake, echo app, gate under uvicorn."""
+"""Fixtures for the gate's tests (the stack itself lives in gate_stack.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import pytest
+from gate_stack import Stack, settings_for
 
 from apps import EchoApp
-from sessiongate.config import Settings
 from sessiongate.gate import Gate
-from sessiongate.testing import FakeKratosServer, KratosFake, UvicornThread
-
-
-@dataclass
-class Stack:
-    kratos: FakeKratosServer
-    app: EchoApp
-    gate: Gate
-    gate_server: UvicornThread
-    upstream_server: UvicornThread
-
-    @property
-    def fake(self) -> KratosFake:
-        return self.kratos.fake
-
-    @property
-    def url(self) -> str:
-        return self.gate_server.url
-
-    def client(self, **kwargs: Any) -> httpx.AsyncClient:
-        return httpx.AsyncClient(base_url=self.url, timeout=10, **kwargs)
-
-
-def settings_for(kratos_url: str, upstream_url: str, **overrides: Any) -> Settings:
-    data: dict[str, Any] = {
-        "ory": {"public_url": kratos_url, "timeout": 2},
-        "upstream": {"url": upstream_url, "timeout": 3, "connect_timeout": 1},
-        "access": {
-            "login_url": "http://127.0.0.1:4433/self-service/login/browser",
-            "public_paths": ["/health/*", "/public/*"],
-        },
-    }
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(data.get(key), dict):
-            data[key] = {**data[key], **value}
-        else:
-            data[key] = value
-    return Settings.model_validate(data)
+from sessiongate.testing import FakeKratosServer, UvicornThread
 
 
 @pytest.fixture

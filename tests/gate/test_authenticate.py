@@ -20,10 +20,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+from gate_stack import settings_for
 from starlette.types import Receive, Scope, Send
 
 from apps import EchoApp
-from gate.conftest import settings_for
 from sessiongate.gate import Gate
 from sessiongate.testing import CreatedSession, FakeKratosServer, KratosFake, UvicornThread
 from sessiongate.testing.server import bind_loopback

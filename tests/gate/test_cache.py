@@ -386,3 +386,23 @@ def test_later_partial_identity_eviction_does_not_pardon_earlier_one(clocks: Clo
     between = clocks.mono - 0.25
     assert cache.put(key(1), entry(clocks, "s1", "alice"), started=between)
     assert not cache.put(key(2), entry(clocks, "s2", "alice"), started=between)
+
+
+def test_clear_refuses_answers_that_were_in_flight() -> None:
+    clock = {"mono": 100.0}
+    cache = SessionCache(
+        ttl=60,
+        max_entries=10,
+        negative_ttl=1,
+        monotonic=lambda: clock["mono"],
+        wall=lambda: 1_000.0,
+    )
+    started = clock["mono"]
+    clock["mono"] += 1
+    cache.clear()
+    entry = CachedSession("s1", "i1", 2_000.0, {}, b"")
+    assert cache.put(b"k", entry, started=started) is False
+    assert (
+        cache.put(b"k", CachedSession("s1", "i1", 2_000.0, {}, b""), started=clock["mono"] + 1)
+        is True
+    )

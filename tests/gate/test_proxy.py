@@ -20,11 +20,11 @@ from typing import Any
 import httpx
 import psutil
 import pytest
+from gate_stack import Stack, settings_for
 from starlette.types import Receive, Scope, Send
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import InvalidStatus
 
-from conftest import Stack, settings_for
 from sessiongate.gate import Gate
 from sessiongate.testing import FakeKratosServer, UvicornThread
 from sessiongate.testing.server import bind_loopback
@@ -1009,12 +1009,16 @@ def test_upstream_that_never_accepts_the_connection_is_a_502() -> None:
     port = listener.getsockname()[1]
     with FakeKratosServer() as kratos:
         alice = kratos.fake.login("alice@example.com")
-        gate = Gate(settings_for(kratos.public_url, f"http://127.0.0.1:{port}",
-                                 upstream={"connect_timeout": 0.5, "timeout": 5}))
+        gate = Gate(
+            settings_for(
+                kratos.public_url,
+                f"http://127.0.0.1:{port}",
+                upstream={"connect_timeout": 0.5, "timeout": 5},
+            )
+        )
         with UvicornThread(gate, lifespan="on") as server:
             started = time.monotonic()
-            r = httpx.get(server.url + "/x", headers={"X-Session-Token": alice.token},
-                          timeout=10)
+            r = httpx.get(server.url + "/x", headers={"X-Session-Token": alice.token}, timeout=10)
             elapsed = time.monotonic() - started
     for s in fillers:
         s.close()

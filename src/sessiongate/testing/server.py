@@ -52,8 +52,12 @@ class UvicornThread:
     def start(self, timeout: float = 10.0) -> None:
         assert self.app is not None, "set .app before start()"
         # proxy_headers off: behind loopback uvicorn would otherwise trust X-Forwarded-*
-        options = {"log_level": "warning", "lifespan": "off", "access_log": False,
-                   "proxy_headers": False}
+        options = {
+            "log_level": "warning",
+            "lifespan": "off",
+            "access_log": False,
+            "proxy_headers": False,
+        }
         options.update(self.config)
         self._server = uvicorn.Server(uvicorn.Config(self.app, **options))
         self._thread = threading.Thread(
