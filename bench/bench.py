@@ -4,11 +4,11 @@ Everything runs on 127.0.0.1. Servers are pinned to one core and wrk to the othe
 figure is "one core for the server". Started per run:
 
 * backend: nginx serving a fixed ~1 KB body (the protected app);
-* whoami: nginx answering `GET /sessions/whoami` with a fixed valid session for any
+* whoami: nginx answering `GET /sessions/whoami` with a valid session (fresh ids) for any
   credential, logging each call (so the fake is never the bottleneck and calls can be counted);
 * anchors: the backend direct; nginx plain proxy; nginx `auth_request` + `proxy_cache` (60 s);
 * reference: a straightforward Starlette + httpx gate with a dict cache (`reference_gate.py`);
-* sessiongate in proxy mode (uvicorn + uvloop + httptools, and granian);
+* sessiongate in proxy mode, `sessiongate serve` under granian (the default) and uvicorn;
 * sessiongate middleware mode around a minimal ASGI app, and that app bare.
 
 wrk runs for a bounded duration at each concurrency with N sessions rotating through the
@@ -45,6 +45,8 @@ HERE = Path(__file__).resolve().parent
 PYTHON = sys.executable
 SERVER_CORE = "1"
 LOAD_CORE = "0"
+BOTH_CORES = "0,1"  # the two-worker row shares core 0 with wrk: a lower bound
+TWO_WORKERS = "sessiongate proxy (granian, 2 workers)"
 
 
 # -- helpers --------------------------------------------------------------------------------
@@ -66,9 +68,10 @@ def wait_port(port: int, timeout: float = 15.0) -> None:
 
 def session_body() -> bytes:
     now = datetime.now(UTC)
-    iid = str(uuid.uuid4())
+    # nginx puts a fresh $request_id in place of these: every credential gets its own session
+    iid = "SG-IDENTITY-ID"
     session = {
-        "id": str(uuid.uuid4()),
+        "id": "SG-SESSION-ID",
         "active": True,
         "expires_at": (now + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
         "authenticated_at": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
@@ -108,9 +111,11 @@ def session_body() -> bytes:
 class Procs:
     items: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
-    def start(self, args: list[str], **kwargs: object) -> subprocess.Popen[bytes]:
+    def start(
+        self, args: list[str], cores: str = SERVER_CORE, **kwargs: object
+    ) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(
-            ["taskset", "-c", SERVER_CORE, *args],
+            ["taskset", "-c", cores, *args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
@@ -158,7 +163,9 @@ def nginx_conf(work: Path, ports: dict[str, int]) -> Path:
             location = /sessions/whoami {{
               access_log {work}/whoami.log;
               default_type application/json;
-              alias {work}/whoami.json; }}
+              alias {work}/whoami.json;
+              sub_filter_types application/json; sub_filter_once off;
+              sub_filter SG-SESSION-ID $request_id; sub_filter SG-IDENTITY-ID i$request_id; }}
             location = /health/ready {{ return 200 '{{"status":"ok"}}'; }} }}
 
           server {{ listen 127.0.0.1:{ports["plain"]};     # nginx plain proxy, no auth
@@ -270,15 +277,21 @@ def run_wrk(
 
 
 # -- the servers under test -----------------------------------------------------------------
-def gate_config(work: Path, ports: dict[str, int], port: int, upstream: str) -> Path:
+def gate_config(
+    work: Path,
+    ports: dict[str, int],
+    port: int,
+    upstream: str,
+    server: str = "granian",
+    workers: int = 1,
+) -> Path:
     path = work / f"gate_{port}.yaml"
     path.write_text(
         textwrap.dedent(f"""
-        listen: {{host: 127.0.0.1, port: {port}}}
+        listen: {{host: 127.0.0.1, port: {port}, server: {server}, workers: {workers}}}
         ory: {{public_url: "http://127.0.0.1:{ports["whoami"]}", timeout: 5s, max_inflight: 2048}}
         upstream: {{url: "{upstream}", max_connections: 512}}
         cache: {{ttl: 300s, max_entries: 200000}}
-        access: {{public_paths: []}}
         log_level: warning
         """)
     )
@@ -327,30 +340,8 @@ def uvicorn_args(target: str, port: int) -> list[str]:
     ]
 
 
-def granian_args(target: str, port: int) -> list[str]:
-    return [
-        PYTHON,
-        "-m",
-        "granian",
-        "--interface",
-        "asgi",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-        "--loop",
-        "uvloop",
-        "--log-level",
-        "warning",
-        "--no-ws",
-        target,
-    ]
-
-
 # -- cold start and memory ------------------------------------------------------------------
-async def cold_start(url: str, sessions: int) -> tuple[int, int]:
+async def cold_start(url: str, sessions: int, prefix: str = "cold") -> tuple[int, int]:
     """`sessions` new credentials arriving together; returns (ok responses, total)."""
     import httpx
 
@@ -358,18 +349,24 @@ async def cold_start(url: str, sessions: int) -> tuple[int, int]:
     async with httpx.AsyncClient(limits=limits, timeout=30) as client:
 
         async def one(i: int) -> int:
-            r = await client.get(url, headers={"Cookie": f"ory_kratos_session=ory_st_cold{i}"})
+            cookie = f"ory_kratos_session=ory_st_{prefix}{i}"
+            r = await client.get(url, headers={"Cookie": cookie, "Connection": "close"})
             return r.status_code
 
         statuses = await asyncio.gather(*(one(i) for i in range(sessions)))
     return sum(1 for s in statuses if s == 200), len(statuses)
 
 
-def rss_mb(pid: int) -> float:
+def rss_mb(pid: int) -> tuple[float, float]:
+    """(RSS of the largest process: the worker holding the cache, RSS of all) in MB.
+
+    granian runs a supervisor process and the worker; uvicorn with one worker is one process.
+    """
     import psutil
 
-    proc = psutil.Process(pid)
-    return (proc.memory_info().rss + sum(c.memory_info().rss for c in proc.children(True))) / 2**20
+    root = psutil.Process(pid)
+    sizes = [p.memory_info().rss / 2**20 for p in [root, *root.children(True)]]
+    return max(sizes), sum(sizes)
 
 
 # -- main -----------------------------------------------------------------------------------
@@ -425,18 +422,24 @@ def main() -> int:
             ]
             sg_port, sg_granian_port = free_port(), free_port()
             env = dict(os.environ)
-            servers["sessiongate proxy (uvicorn)"] = [
+            for server, port in (("granian", sg_granian_port), ("uvicorn", sg_port)):
+                servers[f"sessiongate proxy ({server})"] = [
+                    PYTHON,
+                    "-m",
+                    "sessiongate.cli",
+                    "serve",
+                    "--config",
+                    str(gate_config(work, ports, port, backend, server)),
+                ]
+            two_port = free_port()
+            servers[TWO_WORKERS] = [
                 PYTHON,
                 "-m",
                 "sessiongate.cli",
                 "serve",
                 "--config",
-                str(gate_config(work, ports, sg_port, backend)),
+                str(gate_config(work, ports, two_port, backend, "granian", workers=2)),
             ]
-            env["BENCH_GRANIAN_CONFIG"] = str(gate_config(work, ports, sg_granian_port, backend))
-            servers["sessiongate proxy (granian)"] = granian_args(
-                "bench.granian_app:app", sg_granian_port
-            )
             mw_port, bare_port = free_port(), free_port()
             (work / "mw_app.py").write_text(MIDDLEWARE_APP)
             env["BENCH_GATE_CONFIG"] = str(gate_config(work, ports, mw_port, backend))
@@ -445,8 +448,9 @@ def main() -> int:
             servers["middleware mode"] = uvicorn_args("mw_app:gated", mw_port)
             server_ports = {
                 "starlette+httpx gate": ref_port,
-                "sessiongate proxy (uvicorn)": sg_port,
                 "sessiongate proxy (granian)": sg_granian_port,
+                "sessiongate proxy (uvicorn)": sg_port,
+                TWO_WORKERS: two_port,
                 "bare ASGI app": bare_port,
                 "middleware mode": mw_port,
             }
@@ -458,7 +462,8 @@ def main() -> int:
                     continue
                 proc = None
                 if name in servers:
-                    proc = procs.start(servers[name], env=env, cwd=str(HERE.parent))
+                    cores = BOTH_CORES if name == TWO_WORKERS else SERVER_CORE
+                    proc = procs.start(servers[name], cores, env=env, cwd=str(HERE.parent))
                     wait_port(port)
                 try:
                     # warm the cache (every session once) and the pools
@@ -471,7 +476,22 @@ def main() -> int:
                             f"p99 {result.p99_ms:>8.2f} ms  errors {result.errors}",
                             flush=True,
                         )
-                    if name == "sessiongate proxy (uvicorn)" and proc is not None:
+                    if name == TWO_WORKERS and proc is not None:
+                        # each worker has its own cache: a new session costs up to one whoami
+                        # per worker, however its connections are spread
+                        before = whoami_calls(work)
+                        ok, total = asyncio.run(cold_start(url, args.cold, "two"))
+                        extra["cold_start_two_workers"] = {
+                            "sessions": args.cold,
+                            "ok": ok,
+                            "whoami_calls": whoami_calls(work) - before,
+                        }
+                        asyncio.run(cold_start(url, args.cold, "two"))  # same sessions again
+                        extra["cold_start_two_workers"]["whoami_calls_after_second_visit"] = (
+                            whoami_calls(work) - before
+                        )
+                        print(f"  two workers: {extra['cold_start_two_workers']}", flush=True)
+                    if name == "sessiongate proxy (granian)" and proc is not None:
                         before = whoami_calls(work)
                         ok, total = asyncio.run(cold_start(url, args.cold))
                         extra["cold_start"] = {
@@ -481,29 +501,32 @@ def main() -> int:
                             "whoami_calls": whoami_calls(work) - before,
                         }
                         print(f"  cold start: {extra['cold_start']}", flush=True)
-                        mem_script = work / "memory.lua"
-                        mem_script.write_text(
-                            textwrap.dedent(f"""
-                            local i = 0
-                            request = function()
-                              i = i + 1
-                              if i > {args.memory_sessions} then i = 1 end
-                              local cookie = "ory_kratos_session=ory_st_mem" .. i
-                              return wrk.format("GET", "/", {{["Cookie"] = cookie}})
-                            end""")
-                        )
                         base = rss_mb(proc.pid)
                         before = whoami_calls(work)
-                        deadline = time.monotonic() + 180
-                        while (
-                            whoami_calls(work) - before < args.memory_sessions
-                            and time.monotonic() < deadline
-                        ):
+                        deadline = time.monotonic() + 300
+                        while time.monotonic() < deadline:
+                            done = whoami_calls(work) - before
+                            if done >= args.memory_sessions:
+                                break
+                            # each run starts where the last stopped: every request a new session
+                            mem_script = work / "memory.lua"
+                            mem_script.write_text(
+                                textwrap.dedent(f"""
+                                local i = {done}
+                                request = function()
+                                  i = i + 1
+                                  if i > {args.memory_sessions} then i = 1 end
+                                  local cookie = "ory_kratos_session=ory_st_mem" .. i
+                                  return wrk.format("GET", "/", {{["Cookie"] = cookie}})
+                                end""")
+                            )
                             run_wrk("memory", url, mem_script, 64, 5, work)
+                        worker, every = rss_mb(proc.pid)
                         extra["memory"] = {
                             "sessions": whoami_calls(work) - before,
-                            "rss_mb_before": round(base, 1),
-                            "rss_mb_after": round(rss_mb(proc.pid), 1),
+                            "worker_rss_mb_before": round(base[0], 1),
+                            "worker_rss_mb_after": round(worker, 1),
+                            "all_processes_rss_mb_after": round(every, 1),
                         }
                         print(f"  memory: {extra['memory']}", flush=True)
                 finally:
@@ -555,7 +578,7 @@ def print_table(results: list[Result], extra: dict[str, object], args: argparse.
         if mw and bare:
             print(f"\nmiddleware mode vs bare app at c={c}: {mw.rps / bare.rps:.3f}")
         gate, ngx = (
-            by.get(("sessiongate proxy (uvicorn)", c)),
+            by.get(("sessiongate proxy (granian)", c)),
             by.get(("nginx auth_request+cache", c)),
         )
         if gate and ngx:

@@ -5,7 +5,7 @@ forwarding proxy under uvicorn (uvloop + httptools) built on each candidate clie
 core 1, and drives it with wrk pinned to core 0. Prints req/s and p99 for each, and each as a
 ratio to nginx served directly and to the httpx baseline, all from the same run.
 
-    python bench/compare_clients.py [--duration 5] [--connections 64]
+    python bench/compare_clients.py [--duration 5] [--connections 64] [--servers uvicorn,granian]
 
 Needs nginx and wrk (Debian packages) and the candidates (pip install aiohttp pyreqwest).
 """
@@ -13,6 +13,7 @@ Needs nginx and wrk (Debian packages) and the candidates (pip install aiohttp py
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import re
 import shutil
@@ -112,6 +113,15 @@ def start_nginx(workdir: Path, port: int) -> subprocess.Popen[bytes]:
     return proc
 
 
+def server_args(server: str, name: str, port: int) -> list[str]:
+    common = ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    if server == "granian":
+        return ["-m", "granian", "--interface", "asgi", "--loop", "uvloop", "--no-ws",
+                *common, f"proxy_{name}:app"]  # fmt: skip
+    return ["-m", "uvicorn", f"proxy_{name}:app", *common, "--no-access-log",
+            "--loop", "uvloop", "--http", "httptools"]  # fmt: skip
+
+
 def wrk(url: str, duration: int, connections: int) -> tuple[float, str]:
     out = subprocess.run(
         [
@@ -138,7 +148,9 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=int, default=5)
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--servers", default="uvicorn,granian")
     args = parser.parse_args()
+    servers = args.servers.split(",")
     for tool in ("nginx", "wrk", "taskset"):
         if not shutil.which(tool):
             print(f"missing {tool}: apt-get install nginx wrk util-linux", file=sys.stderr)
@@ -151,42 +163,26 @@ def main() -> int:
         try:
             upstream = f"http://127.0.0.1:{nginx_port}"
             results["nginx direct"] = wrk(upstream + "/", args.duration, args.connections)
-            for name, source in CANDIDATES.items():
+            for (name, source), server in itertools.product(CANDIDATES.items(), servers):
                 module = workdir / f"proxy_{name}.py"
                 module.write_text(f"UPSTREAM = {upstream!r}\n" + textwrap.dedent(source))
                 port = free_port()
+                label = f"{name} ({server})"
                 env = dict(os.environ, PYTHONPATH=str(workdir))
                 proc = subprocess.Popen(
-                    [
-                        "taskset",
-                        "-c",
-                        "1",
-                        sys.executable,
-                        "-m",
-                        "uvicorn",
-                        f"proxy_{name}:app",
-                        "--host",
-                        "127.0.0.1",
-                        "--port",
-                        str(port),
-                        "--log-level",
-                        "warning",
-                        "--no-access-log",
-                        "--loop",
-                        "uvloop",
-                        "--http",
-                        "httptools",
-                    ],
+                    ["taskset", "-c", "1", sys.executable, *server_args(server, name, port)],
                     env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
                 )
                 try:
                     wait_port(port)
                     wrk(f"http://127.0.0.1:{port}/", 1, args.connections)  # warm the pool
-                    results[name] = wrk(
+                    results[label] = wrk(
                         f"http://127.0.0.1:{port}/", args.duration, args.connections
                     )
                 except subprocess.CalledProcessError as exc:
-                    print(f"{name}: failed: {exc}", file=sys.stderr)
+                    print(f"{label}: failed: {exc}", file=sys.stderr)
                 finally:
                     proc.terminate()
                     proc.wait(10)
@@ -194,10 +190,10 @@ def main() -> int:
             nginx.terminate()
             nginx.wait(10)
     direct = results["nginx direct"][0]
-    base = results.get("httpx", (float("nan"), ""))[0]
-    print(f"{'forwarding client':<18}{'req/s':>10}{'p99':>10}{'vs nginx':>10}{'vs httpx':>10}")
+    base = results.get(f"httpx ({servers[0]})", (float("nan"), ""))[0]
+    print(f"{'client (server)':<22}{'req/s':>10}{'p99':>10}{'vs nginx':>10}{'vs httpx':>10}")
     for name, (rps, p99) in results.items():
-        print(f"{name:<18}{rps:>10.0f}{p99:>10}{rps / direct:>10.3f}{rps / base:>10.1f}")
+        print(f"{name:<22}{rps:>10.0f}{p99:>10}{rps / direct:>10.3f}{rps / base:>10.1f}")
     return 0
 
 

@@ -252,9 +252,12 @@ def serve(tmp_path: Path, args: list[str], env: dict[str, str], port: int) -> It
         stop_process(proc)
 
 
-def test_serve_proxies_authenticated_requests_and_refuses_others(tmp_path, backends):
+@pytest.mark.parametrize("server", ["granian", "uvicorn"])
+def test_serve_proxies_authenticated_requests_and_refuses_others(tmp_path, backends, server):
     port = free_port()
-    path = gate_config(tmp_path, backends, port)
+    path = gate_config(
+        tmp_path, backends, port, listen={"host": "127.0.0.1", "port": port, "server": server}
+    )
     alice = backends.kratos.fake.login("alice@example.com")
     with (
         serve(tmp_path, ["--config", str(path)], clean_env(), port) as gate,
@@ -280,9 +283,26 @@ def test_serve_proxies_authenticated_requests_and_refuses_others(tmp_path, backe
 
         r = c.get("/health/ready")
         assert r.status_code == 200, r.text
-    # SIGTERM is a graceful shutdown (uvicorn re-raises the signal once it has finished)
+    # SIGTERM is a graceful shutdown (uvicorn re-raises the signal once it has finished) that
+    # runs the gate's lifespan shutdown: its connections are closed
     assert gate.proc.returncode in (0, -signal.SIGTERM), gate.output()
-    assert "Application shutdown complete" in gate.output()
+    assert "sessiongate stopped: connections closed" in gate.output()
+
+
+def test_serve_with_two_workers(tmp_path, backends):
+    port = free_port()
+    listen = {"host": "127.0.0.1", "port": port, "workers": 2}
+    path = gate_config(tmp_path, backends, port, listen=listen)
+    alice = backends.kratos.fake.login("alice@example.com")
+    with (
+        serve(tmp_path, ["--config", str(path)], clean_env(), port) as gate,
+        httpx.Client(base_url=gate.url, timeout=10) as c,
+    ):
+        for _ in range(20):  # new connections: both workers get some
+            r = c.get("/w", headers={"X-Session-Token": alice.token, "Connection": "close"})
+            assert r.status_code == 200, r.text
+        assert c.get("/w").status_code == 401
+    assert gate.output().count("sessiongate started") == 2, gate.output()
 
 
 def test_serve_ready_follows_kratos(tmp_path, backends):
@@ -345,6 +365,6 @@ def test_serve_never_prints_credentials(tmp_path, backends):
     # leaving the block terminated the gate: its output is complete
     assert gate.proc.returncode is not None
     output = gate.output()
-    assert "Uvicorn running" in output or "Started server" in output  # the output was captured
+    assert "sessiongate started" in output  # the output was captured
     for secret in (alice.token, bob.token, bob.cookie, revoked.token, "junk-token-xyz"):
         assert secret not in output, output

@@ -130,7 +130,7 @@ class Authenticator:
                 return Denial(
                     "unavailable", "The session service answered nonsense.", retry_after="2"
                 )
-            if entry.session.get("active") is not True:
+            if entry is ANONYMOUS:
                 return ANONYMOUS
             self.cache.put(key, entry, started=started, cache_for=_cache_for(answer))
             return entry
@@ -155,21 +155,23 @@ class Authenticator:
         log.warning("Kratos whoami answered %d; failing closed", status)
         return Denial("unavailable", "The session service failed.", retry_after="2")
 
-    def _parse_session(self, answer: KratosAnswer) -> CachedSession | None:
+    def _parse_session(self, answer: KratosAnswer) -> CachedSession | Denial | None:
+        """A cache entry, ANONYMOUS for an inactive session, None for a body that is no session."""
         try:
             session: Any = json.loads(answer.body)
-            identity = session["identity"]
-            entry = CachedSession(
-                session_id=str(session["id"]),
-                identity_id=str(identity["id"]),
-                expires_at=parse_time(session["expires_at"]),
-                session=session,
-                body=answer.body,
-            )
+            session_id, identity_id = str(session["id"]), str(session["identity"]["id"])
+            expires_at = parse_time(session["expires_at"])
         except (ValueError, KeyError, TypeError):
             return None
-        entry.identity_headers = self.identity_headers.compute(session)
-        return entry
+        if session.get("active") is not True:
+            return ANONYMOUS
+        return CachedSession.of(
+            session_id,
+            identity_id,
+            expires_at,
+            answer.body,
+            self.identity_headers.compute(session),
+        )
 
     @staticmethod
     def _aal_redirect(body: bytes) -> str | None:

@@ -115,22 +115,9 @@ def _serve(args: argparse.Namespace) -> int:
     settings = _load(args)
     if settings is None:
         return 2
-    from sessiongate.gate import Gate
-    from sessiongate.logs import configure_logging
+    from sessiongate.serve import serve
 
-    configure_logging(settings.log_level)
-    uvicorn.run(
-        Gate(settings),
-        host=settings.listen.host,
-        port=settings.listen.port,
-        log_level=settings.log_level,
-        access_log=False,
-        lifespan="on",
-        proxy_headers=False,
-        server_header=False,
-        timeout_keep_alive=30,
-        h11_max_incomplete_event_size=64 * 1024,
-    )
+    serve(settings, args.config or None)
     return 0
 
 

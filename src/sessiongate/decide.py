@@ -8,9 +8,9 @@ that could make the app see a different path than the gate can only ever cost a 
 
 from __future__ import annotations
 
+import fnmatch
 import posixpath
 import re
-from fnmatch import fnmatchcase
 
 from sessiongate.config import Settings, origin_of
 
@@ -23,21 +23,26 @@ _HOST = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$")
 class Decider:
     def __init__(self, settings: Settings) -> None:
         self.public_globs = tuple(settings.access.public_paths)
+        # One compiled pattern for all globs: a protected path costs a single regex match.
+        self._public = (
+            re.compile("|".join(f"(?:{fnmatch.translate(g)})" for g in self.public_globs))
+            if self.public_globs
+            else None
+        )
         self.own_origin = origin_of(settings.public_url) if settings.public_url else None
         self.allowed_return_to = frozenset(settings.access.allowed_return_to)
         self.login_url = settings.access.login_url
 
     def is_public(self, path: str, raw_path: bytes | None) -> bool:
-        if not self.public_globs:
+        if self._public is None or self._public.match(path) is None:
             return False
+        # It looks public: make sure no trick makes the app see another path than this one.
         if raw_path is not None and _TRICKY.search(raw_path.split(b"?", 1)[0]):
             return False
         normal = posixpath.normpath(path) if path not in ("", "/") else "/"
         if path.endswith("/") and normal != "/":
             normal += "/"
-        if normal != path:
-            return False
-        return any(fnmatchcase(path, glob) for glob in self.public_globs)
+        return normal == path
 
     @staticmethod
     def is_browser_navigation(method: str, headers: RawHeaders) -> bool:

@@ -10,6 +10,7 @@ any authentication), the gate's own health endpoints, the session relay routes, 
 from __future__ import annotations
 
 import json
+import logging
 
 import httpx
 from starlette.middleware.cors import CORSMiddleware
@@ -22,6 +23,7 @@ from sessiongate.proxy import UpstreamProxy
 from sessiongate.relay import SessionsRelay
 from sessiongate.responses import send_json
 
+log = logging.getLogger("sessiongate")
 HEALTH_ALIVE = "/health/alive"
 HEALTH_READY = "/health/ready"
 RAW_SEND = "sessiongate.raw_send"  # scope key: the server's send, bypassing CORS headers
@@ -123,7 +125,8 @@ class Gate:
         if self.relay is not None and self.relay.matches(path):
             await self.relay(scope, receive, send)
             return
-        admitted = await self.gatekeeper.check(scope, send)
+        gatekeeper = self.gatekeeper
+        admitted = gatekeeper.quick(scope) or await gatekeeper.check(scope, send)
         if admitted is not None:
             await self.proxy.forward(scope, receive, scope.get(RAW_SEND, send), admitted.headers)
 
@@ -141,9 +144,11 @@ class Gate:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                log.info("sessiongate started: upstream %s", self.settings.upstream.url)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.aclose()
+                log.info("sessiongate stopped: connections closed")
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 

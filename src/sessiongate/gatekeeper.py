@@ -1,9 +1,11 @@
 """Stages 1-4 for one request, shared by the proxy and the middleware.
 
-`Gatekeeper.check(scope, send)` either answers the request itself (login redirect, 401, 403,
-429, 503) and returns None, or returns a `Pass`: the validated session (None on a public path)
-and the request headers to hand on: the client's headers minus every spoofable variant of the
-gate's identity headers, plus the identity headers computed for that session.
+`Gatekeeper.quick(scope)` is the cache-hit path (no await, no parsing: a memo maps a digest of
+the client's credential headers to its cache key). `Gatekeeper.check(scope, send)` either
+answers the request itself (login redirect, 401, 403, 429, 503) and returns None, or returns a
+`Pass`: the validated session (None on a public path) and the request headers to hand on: the
+client's headers minus every spoofable variant of the gate's identity headers, plus the
+identity headers computed for that session.
 """
 
 from __future__ import annotations
@@ -16,7 +18,12 @@ from starlette.types import Scope, Send
 from sessiongate.authenticate import Authenticator, Denial
 from sessiongate.cache import CachedSession, SessionCache
 from sessiongate.config import Settings
-from sessiongate.credentials import CookieMatcher, MalformedCredential, find_credential
+from sessiongate.credentials import (
+    CookieMatcher,
+    MalformedCredential,
+    credential_fingerprint,
+    find_credential,
+)
 from sessiongate.decide import Decider
 from sessiongate.identity_headers import IdentityHeaders
 from sessiongate.kratos import KratosClient
@@ -27,6 +34,7 @@ log = logging.getLogger("sessiongate")
 RawHeaders = list[tuple[bytes, bytes]]
 
 WWW_AUTHENTICATE = (b"www-authenticate", b'Bearer realm="sessiongate"')
+FINGERPRINT_MEMO = 16_384
 
 
 @dataclass(slots=True)
@@ -52,16 +60,44 @@ class Gatekeeper:
             kratos, self.cache, self.identity, max_inflight=settings.ory.max_inflight
         )
         self.decider = Decider(settings)
+        # credential fingerprint → cache key, both digests (parsing costs more than the rest
+        # of the decision); bounded, emptied when full
+        self._keys_by_fingerprint: dict[bytes, bytes] = {}
 
-    async def check(self, scope: Scope, send: Send) -> Pass | None:
+    def quick(self, scope: Scope) -> Pass | None:
+        """The answer without awaiting anything, when it is a pass: a public path, or a client
+        seen before (same credential headers) whose session is cached. Else None: call `check`.
+        """
         headers: RawHeaders = scope["headers"]
         if self.decider.is_public(scope["path"], scope.get("raw_path")):
             return Pass(None, self.identity.strip(headers))
+        fingerprint = credential_fingerprint(headers)
+        if fingerprint is not None:
+            key = self._keys_by_fingerprint.get(fingerprint)
+            if key is not None:
+                hit = self.cache.get(key)
+                if isinstance(hit, CachedSession):
+                    forwarded = self.identity.strip(headers)
+                    forwarded.extend(hit.identity_headers)
+                    return Pass(hit, forwarded)
+        return None
+
+    async def check(self, scope: Scope, send: Send) -> Pass | None:
+        """`quick`, else the full decision (whoami on a cache miss); answers denials itself."""
+        admitted = self.quick(scope)
+        if admitted is not None:
+            return admitted
+        headers: RawHeaders = scope["headers"]
+        fingerprint = credential_fingerprint(headers)
         try:
             credential = find_credential(headers, self.cookie_matcher)
         except MalformedCredential as exc:
             await self._deny(scope, send, 400, str(exc).capitalize() + ".")
             return None
+        if credential is not None and fingerprint is not None:
+            if len(self._keys_by_fingerprint) >= FINGERPRINT_MEMO:
+                self._keys_by_fingerprint.clear()
+            self._keys_by_fingerprint[fingerprint] = credential.cache_key
         if credential is None:
             result: CachedSession | Denial = Denial(
                 "anonymous", "No valid session credentials found in the request."
@@ -69,7 +105,9 @@ class Gatekeeper:
         else:
             result = await self.authenticator.authenticate(credential)
         if isinstance(result, CachedSession):
-            return Pass(result, self.identity.strip(headers) + result.identity_headers)
+            forwarded = self.identity.strip(headers)
+            forwarded.extend(result.identity_headers)
+            return Pass(result, forwarded)
         await self.answer_denial(scope, send, result)
         return None
 

@@ -16,6 +16,7 @@ from urllib.parse import quote
 
 RawHeaders = list[tuple[bytes, bytes]]
 
+KEEP_MEMO = 4096
 _SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
 
 
@@ -59,6 +60,7 @@ class IdentityHeaders:
         self.spoofable = frozenset(n.encode("ascii") for n in spoofable) | frozenset(
             canonical(n) for n, _ in self.fields
         )
+        self._keep: dict[bytes, bool] = {}  # header name → not spoofable (bounded memo)
 
     def compute(self, session: dict[str, Any]) -> RawHeaders:
         out: RawHeaders = []
@@ -73,5 +75,11 @@ class IdentityHeaders:
 
     def strip(self, headers: RawHeaders) -> RawHeaders:
         """The request's headers minus every variant of a header the gate owns."""
-        spoofable = self.spoofable
-        return [(n, v) for n, v in headers if canonical(n) not in spoofable]
+        keep = self._keep  # header names repeat across requests: remember the verdicts
+        return [(n, v) for n, v in headers if keep.get(n) or (n not in keep and self._learn(n))]
+
+    def _learn(self, name: bytes) -> bool:
+        verdict = canonical(name) not in self.spoofable
+        if len(self._keep) < KEEP_MEMO:
+            self._keep[name] = verdict
+        return verdict

@@ -1,18 +1,26 @@
-"""The gate's one long-lived client for Kratos: whoami, readiness, and (later) the relay.
+"""The gate's long-lived clients for Kratos: whoami, readiness, and the relay's calls.
 
-httpx is fine here: Kratos is called once per new credential and per cache lifetime, not per
-request. The transport is swappable so tests can run a `KratosFake` in-process. Only the one
+whoami runs once per new credential, but a cold start (a restart, a deploy, a login wave) sends
+hundreds at once, and httpx's pool bookkeeping grows with the pool on every request: 1000 new
+sessions together took more than the 5 s timeout through httpx here. So whoami goes through an
+aiohttp session (as the upstream proxy does); the relay's occasional calls keep httpx. When
+tests inject an httpx transport (a `KratosFake` in-process), whoami uses it too. Only the one
 credential header is ever sent; the Ory API key goes only to admin endpoints.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+import aiohttp
 import httpx
 
 from sessiongate.credentials import Credential
+
+#: A whoami body larger than this is not a session (Kratos' are 1-4 KB): fail closed, unread.
+MAX_WHOAMI_BYTES = 1024 * 1024
 
 
 class KratosUnavailable(Exception):
@@ -22,7 +30,7 @@ class KratosUnavailable(Exception):
 @dataclass(frozen=True, slots=True)
 class KratosAnswer:
     status: int
-    headers: httpx.Headers
+    headers: Mapping[str, str]  # case-insensitive (httpx.Headers or aiohttp's CIMultiDict)
     body: bytes
 
 
@@ -52,19 +60,52 @@ class KratosClient:
         self.admin = httpx.AsyncClient(
             base_url=self.admin_url, limits=limits, transport=admin_transport or transport, **common
         )
+        self.max_connections = max_connections
+        self._in_process = transport is not None
+        self._whoami_url = self.public_url + "/sessions/whoami"
+        self._fast: aiohttp.ClientSession | None = None
+
+    def _fast_session(self) -> aiohttp.ClientSession:
+        if self._fast is None or self._fast.closed:
+            self._fast = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    limit=self.max_connections, limit_per_host=0, ttl_dns_cache=60
+                ),
+                cookie_jar=aiohttp.DummyCookieJar(),
+                trust_env=False,
+                skip_auto_headers=("User-Agent",),
+            )
+        return self._fast
 
     async def whoami(self, credential: Credential) -> KratosAnswer:
+        headers = {"Accept": "application/json", **credential.whoami_headers()}
         try:
-            # httpx's timeout bounds each read; a Kratos trickling bytes must not outlast it
+            # one deadline for the whole exchange: a Kratos trickling bytes must not outlast it
             async with asyncio.timeout(self.timeout):
-                return await self._send(
-                    self.public,
-                    "GET",
-                    "/sessions/whoami",
-                    headers={"Accept": "application/json", **credential.whoami_headers()},
-                )
+                if self._in_process:
+                    return await self._send(self.public, "GET", "/sessions/whoami", headers)
+                return await self._whoami_fast(headers)
         except TimeoutError as exc:
             raise KratosUnavailable("whoami took longer than ory.timeout") from exc
+
+    async def _whoami_fast(self, headers: dict[str, str]) -> KratosAnswer:
+        try:
+            async with self._fast_session().get(
+                self._whoami_url, headers=headers, allow_redirects=False
+            ) as response:
+                length = response.content_length
+                if length is not None and length > MAX_WHOAMI_BYTES:
+                    raise KratosUnavailable("whoami body too large")
+                chunks, size = [], 0
+                async for chunk in response.content.iter_any():
+                    size += len(chunk)
+                    if size > MAX_WHOAMI_BYTES:
+                        raise KratosUnavailable("whoami body too large")
+                    chunks.append(chunk)
+                body = b"".join(chunks)
+                return KratosAnswer(response.status, response.headers, body)
+        except aiohttp.ClientError as exc:  # refused, reset, truncated, protocol errors
+            raise KratosUnavailable(type(exc).__name__) from exc
 
     async def ready(self) -> bool:
         try:
@@ -87,5 +128,8 @@ class KratosClient:
         return KratosAnswer(response.status_code, response.headers, response.content)
 
     async def aclose(self) -> None:
+        if self._fast is not None:
+            await self._fast.close()
+            self._fast = None
         await self.public.aclose()
         await self.admin.aclose()

@@ -57,6 +57,11 @@ class OryUser(BaseUser):
         return str(self.session.get("authenticator_assurance_level", ""))
 
 
+def _annotations(session: dict[str, Any]) -> tuple[OryUser, AuthCredentials, dict[str, Any]]:
+    aal = session.get("authenticator_assurance_level", "aal1")
+    return OryUser(session), AuthCredentials(["authenticated", aal]), session
+
+
 class SessionGateMiddleware:
     def __init__(
         self,
@@ -89,20 +94,24 @@ class SessionGateMiddleware:
                 return
             await self.app(scope, receive, send)
             return
-        admitted = await self.gatekeeper.check(scope, send)
+        gatekeeper = self.gatekeeper
+        admitted = gatekeeper.quick(scope) or await gatekeeper.check(scope, send)
         if admitted is None:
             return
-        scope = dict(scope, headers=admitted.headers)
-        state = scope.setdefault("state", {})
-        if admitted.session is not None:
-            session = admitted.session.session
-            scope["user"] = OryUser(session)
-            scope["auth"] = AuthCredentials(
-                ["authenticated", session.get("authenticator_assurance_level", "aal1")]
-            )
-            state["ory_session"] = session
-        else:
+        # The scope is this request's own (servers build one per request): annotate it in place,
+        # as Starlette's AuthenticationMiddleware does.
+        scope["headers"] = admitted.headers
+        state = scope.get("state")
+        if state is None:
+            state = scope["state"] = {}
+        entry = admitted.session
+        if entry is None:
             state["ory_session"] = None
+        else:
+            annotations = entry.annotations
+            if annotations is None:  # once per cached session, not per request
+                annotations = entry.annotations = _annotations(entry.session)
+            scope["user"], scope["auth"], state["ory_session"] = annotations
         await self.app(scope, receive, send)
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -24,7 +24,6 @@ import logging
 from collections.abc import AsyncIterator, Callable
 
 import aiohttp
-from multidict import CIMultiDict
 from starlette.types import Receive, Scope, Send
 from yarl import URL
 
@@ -57,11 +56,51 @@ _WS_HANDSHAKE = frozenset(
         b"sec-websocket-protocol",
     }
 )
+# Request headers the proxy looks at; everything else is passed on as is.
+_SPECIAL = HOP_BY_HOP | _FORWARDED | {b"host", b"connection", b"cookie"}
 CHUNK = 64 * 1024
+# A client that leaves is noticed by a watcher task; answers faster than this never start one
+# (a task per request costs ~5% of the hot path), they just finish unread.
+WATCH_AFTER = 0.05
 
 
 class ClientGone(Exception):
     """The client disconnected while its request was being forwarded."""
+
+
+class _DisconnectWatch:
+    """Cancels the forwarding task when the client goes away, so the upstream request is
+    abandoned with it. The watcher task starts only once the exchange outlives WATCH_AFTER."""
+
+    __slots__ = ("gone", "handle", "receive", "task", "watcher")
+
+    def __init__(self, task: asyncio.Task[object], receive: Receive) -> None:
+        self.task = task
+        self.receive = receive
+        self.gone = False
+        self.handle: asyncio.TimerHandle | None = None
+        self.watcher: asyncio.Task[None] | None = None
+
+    def arm(self) -> None:
+        self.handle = asyncio.get_running_loop().call_later(WATCH_AFTER, self._start)
+
+    def _start(self) -> None:
+        self.handle = None
+        self.watcher = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                self.gone = True
+                self.task.cancel()
+                return
+
+    def stop(self) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+        if self.watcher is not None:
+            self.watcher.cancel()
 
 
 class UpstreamProxy:
@@ -121,35 +160,23 @@ class UpstreamProxy:
             return False
         return any(peer in net for net in self.trusted)
 
-    def upstream_headers(self, scope: Scope, headers: RawHeaders) -> CIMultiDict[str]:
-        connection_named = {
-            token.strip().lower().encode("latin-1")
-            for name, value in headers
-            if name == b"connection"
-            for token in value.decode("latin-1").split(",")
-        }
-        trusted = self._trusted_peer(scope)
-        out: CIMultiDict[str] = CIMultiDict()
+    def upstream_headers(self, scope: Scope, headers: RawHeaders) -> list[tuple[str, str]]:
+        """The headers the app receives. One pass; a list, since aiohttp copies it anyway."""
+        out: list[tuple[str, str]] = []
+        named: list[bytes] = []  # what `Connection` names: hop-by-hop for this request only
+        trusted: bool | None = None
         xff = proto = fhost = host = ""
         for name, value in headers:
-            if name in HOP_BY_HOP or name in connection_named or name == b"host":
-                if name == b"host":
-                    host = value.decode("latin-1")
-                continue
-            if name in _FORWARDED:
-                if trusted:
-                    if name == b"x-forwarded-for":
-                        xff = (
-                            f"{xff}, {value.decode('latin-1')}" if xff else value.decode("latin-1")
-                        )
-                    elif name == b"x-forwarded-proto":
-                        proto = value.decode("latin-1")
-                    elif name == b"x-forwarded-host":
-                        fhost = value.decode("latin-1")
-                    else:
-                        out.add(name.decode("latin-1"), value.decode("latin-1"))
-                continue
-            if name == b"cookie" and self.strip_cookie is not None:
+            if name not in _SPECIAL:
+                out.append((name.decode("latin-1"), value.decode("latin-1")))
+            elif name == b"host":
+                host = value.decode("latin-1")
+            elif name == b"connection":
+                named.extend(t.strip().lower() for t in value.split(b","))
+            elif name == b"cookie":
+                if self.strip_cookie is None:
+                    out.append(("cookie", value.decode("latin-1")))
+                    continue
                 # drop only the session cookie; the others stay byte for byte (quotes too)
                 kept = [
                     part.strip()
@@ -157,15 +184,31 @@ class UpstreamProxy:
                     if part.strip() and not self.strip_cookie(part.split("=", 1)[0].strip())
                 ]
                 if kept:
-                    out.add("cookie", "; ".join(kept))
-                continue
-            out.add(name.decode("latin-1"), value.decode("latin-1"))
+                    out.append(("cookie", "; ".join(kept)))
+            elif name in _FORWARDED:
+                if trusted is None:
+                    trusted = self._trusted_peer(scope)
+                if not trusted:
+                    continue
+                text = value.decode("latin-1")
+                if name == b"x-forwarded-for":
+                    xff = f"{xff}, {text}" if xff else text
+                elif name == b"x-forwarded-proto":
+                    proto = text
+                elif name == b"x-forwarded-host":
+                    fhost = text
+                else:
+                    out.append((name.decode("latin-1"), text))
+            # else: hop-by-hop, dropped
+        if named:
+            drop = {n.decode("latin-1") for n in named if n}
+            out = [(n, v) for n, v in out if n.lower() not in drop]
         peer = (scope.get("client") or ("", 0))[0]
-        out["X-Forwarded-For"] = f"{xff}, {peer}" if xff and peer else (xff or peer)
-        out["X-Forwarded-Proto"] = proto or scope.get("scheme", "http")
+        out.append(("X-Forwarded-For", f"{xff}, {peer}" if xff and peer else (xff or peer)))
+        out.append(("X-Forwarded-Proto", proto or scope.get("scheme", "http")))
         if fhost or host:
-            out["X-Forwarded-Host"] = fhost or host
-        out["Host"] = self.host_header
+            out.append(("X-Forwarded-Host", fhost or host))
+        out.append(("Host", self.host_header))
         return out
 
     def response_headers(self, raw: tuple[tuple[bytes, bytes], ...]) -> RawHeaders:
@@ -208,28 +251,14 @@ class UpstreamProxy:
             return
         task = asyncio.current_task()
         assert task is not None
-        disconnected = asyncio.Event()
-        watcher: asyncio.Task[None] | None = None
-
-        async def watch() -> None:
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    disconnected.set()
-                    task.cancel()
-                    return
-
-        def start_watcher() -> None:
-            nonlocal watcher
-            watcher = asyncio.create_task(watch())
-
+        watch = _DisconnectWatch(task, receive)
         body: bytes | AsyncIterator[bytes] | None
         if first.get("more_body"):
             # receive() has one reader: the body's until its last chunk, then the watcher's
-            body = self._stream_body(first.get("body", b""), receive, start_watcher)
+            body = self._stream_body(first.get("body", b""), receive, watch.arm)
         else:
             body = first.get("body", b"") or None
-            start_watcher()
+            watch.arm()
         started = False
         try:
             async with self.session().request(
@@ -256,7 +285,7 @@ class UpstreamProxy:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 await send({"type": "http.response.body", "body": b""})
         except asyncio.CancelledError:
-            if disconnected.is_set():
+            if watch.gone:
                 task.uncancel()
                 return  # the client left: the upstream request was abandoned with it
             raise
@@ -285,8 +314,7 @@ class UpstreamProxy:
             log.warning("upstream %s failed: %s", self.base, type(exc).__name__)
             await send_error(send, 502, reason="The protected app could not be reached.")
         finally:
-            if watcher is not None:
-                watcher.cancel()
+            watch.stop()
 
     @staticmethod
     async def _stream_body(

@@ -460,7 +460,7 @@ async def test_active_false_is_not_cached_positively(make_custom):
         for _ in range(2):
             assert_herodot(await c.get("/a", headers={"X-Session-Token": "t"}), 401)
     assert custom.app.requests == []
-    assert all(not hasattr(v, "session_id") for _, v in custom.gate.cache._entries.values())
+    assert all(not hasattr(v, "session_id") for v in custom.gate.cache._entries.values())
 
 
 async def test_scripted_valid_session_is_admitted(make_custom):
@@ -629,7 +629,7 @@ async def test_raw_credentials_never_appear_in_cache_keys(stack):
         for secret in secrets:
             assert secret.encode() not in k
             assert secret[:16].encode() not in k
-    for k in stack.gate.cache._by_session.get(alice.id, set()):
+    for k in stack.gate.cache.indexes()[0].get(alice.id, set()):
         assert alice.token.encode() not in k
 
 
@@ -648,3 +648,36 @@ async def test_request_arriving_after_eviction_does_not_share_a_stale_whoami(mak
     assert first_response.status_code == 200  # it arrived before the revocation
     assert second.status_code == 401
     assert [r["path"] for r in custom.app.requests] == ["/before"]
+
+
+# -- the fast path and its limits ------------------------------------------------------------
+
+
+async def test_oversized_whoami_body_fails_closed(make_custom):
+    huge = session_json()[:-1] + b', "padding": "' + b"x" * (1024 * 1024) + b'"}'
+    custom = make_custom(reply=(200, [("Content-Type", "application/json")], huge))
+    async with custom.client() as c:
+        r = await c.get("/a", headers={"X-Session-Token": "t"})
+    assert_unavailable(r)
+    assert custom.app.requests == []
+    assert len(custom.gate.cache) == 0
+
+
+async def test_fingerprint_memo_is_bounded_and_every_client_still_checked(make_stack, monkeypatch):
+    monkeypatch.setattr("sessiongate.gatekeeper.FINGERPRINT_MEMO", 4)
+    stack = make_stack()
+    sessions = [stack.fake.login(f"u{i}@example.com") for i in range(10)]
+    async with stack.client() as c:
+        for _ in range(2):
+            for s in sessions:
+                r = await c.get("/m", headers={"X-Session-Token": s.token})
+                assert r.status_code == 200, r.text
+                assert dict(r.json()["headers"])["x-user-id"] == s.identity_id
+        memo = stack.gate.gatekeeper._keys_by_fingerprint
+        assert 0 < len(memo) <= 4
+        # a revoked session is refused on its next request although its client is remembered
+        stack.fake.revoke_session(sessions[-1].id)
+        stack.gate.cache.evict_session(sessions[-1].id)
+        r = await c.get("/m", headers={"X-Session-Token": sessions[-1].token})
+        assert r.status_code == 401
+    assert whoami_count(stack.fake) == 10 + 1  # one per session, then the revoked one again

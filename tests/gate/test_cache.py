@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -43,13 +44,7 @@ def make_cache(clocks: Clocks, **kwargs: Any) -> SessionCache:
 def entry(
     clocks: Clocks, session_id: str = "s1", identity_id: str = "i1", expires_in: float = 3600.0
 ) -> CachedSession:
-    return CachedSession(
-        session_id=session_id,
-        identity_id=identity_id,
-        expires_at=clocks.wall_now + expires_in,
-        session={"id": session_id, "identity": {"id": identity_id}, "active": True},
-        body=b"{}",
-    )
+    return CachedSession.of(session_id, identity_id, clocks.wall_now + expires_in, b"{}")
 
 
 def key(n: int | str) -> bytes:
@@ -59,8 +54,8 @@ def key(n: int | str) -> bytes:
 def assert_no_leak(cache: SessionCache) -> None:
     assert len(cache) == 0
     assert cache._entries == {}
-    assert cache._by_session == {}
-    assert cache._by_identity == {}
+    assert cache.indexes()[0] == {}
+    assert cache.indexes()[1] == {}
 
 
 # -- lifetimes ------------------------------------------------------------------------------
@@ -146,8 +141,8 @@ def test_put_replaces_previous_entry_for_key(clocks: Clocks) -> None:
     assert cache.put(key(1), second, started=clocks.mono)
     assert cache.get(key(1)) is second
     assert len(cache) == 1
-    assert "s1" not in cache._by_session
-    assert "i1" not in cache._by_identity
+    assert "s1" not in cache.indexes()[0]
+    assert "i1" not in cache.indexes()[1]
     assert cache.evict_session("s1") == 0
     assert cache.get(key(1)) is second
 
@@ -166,9 +161,9 @@ def test_lru_bound_drops_least_recently_used(clocks: Clocks) -> None:
     for i in (0, 2, 3):
         assert cache.get(key(i)) is not None, i
     # the dropped entry left nothing behind in the indexes
-    assert "s1" not in cache._by_session
-    assert "i1" not in cache._by_identity
-    assert set(cache._by_session) == {"s0", "s2", "s3"}
+    assert "s1" not in cache.indexes()[0]
+    assert "i1" not in cache.indexes()[1]
+    assert set(cache.indexes()[0]) == {"s0", "s2", "s3"}
 
 
 def test_lru_without_gets_drops_oldest_insert(clocks: Clocks) -> None:
@@ -176,8 +171,8 @@ def test_lru_without_gets_drops_oldest_insert(clocks: Clocks) -> None:
     for i in range(5):
         cache.put(key(i), entry(clocks, f"s{i}", f"i{i}"), started=clocks.mono)
     assert list(cache._entries) == [key(3), key(4)]
-    assert set(cache._by_session) == {"s3", "s4"}
-    assert set(cache._by_identity) == {"i3", "i4"}
+    assert set(cache.indexes()[0]) == {"s3", "s4"}
+    assert set(cache.indexes()[1]) == {"i3", "i4"}
 
 
 def test_lru_counts_negative_entries_too(clocks: Clocks) -> None:
@@ -187,8 +182,8 @@ def test_lru_counts_negative_entries_too(clocks: Clocks) -> None:
     cache.put_negative(key("n2"))
     assert len(cache) == 2
     assert cache.get(key("pos")) is None
-    assert cache._by_session == {}
-    assert cache._by_identity == {}
+    assert cache.indexes()[0] == {}
+    assert cache.indexes()[1] == {}
 
 
 # -- negatives ------------------------------------------------------------------------------
@@ -217,8 +212,8 @@ def test_negative_replaces_positive_and_cleans_indexes(clocks: Clocks) -> None:
     cache.put(key(1), entry(clocks), started=clocks.mono)
     cache.put_negative(key(1))
     assert cache.get(key(1)) is NEGATIVE
-    assert cache._by_session == {}
-    assert cache._by_identity == {}
+    assert cache.indexes()[0] == {}
+    assert cache.indexes()[1] == {}
 
 
 # -- evictions ------------------------------------------------------------------------------
@@ -234,8 +229,8 @@ def test_evict_session_removes_all_its_keys_only(clocks: Clocks) -> None:
     assert cache.get(key("tok")) is None
     assert cache.get(key("cookie")) is None
     assert cache.get(key("other")) is not None
-    assert "s1" not in cache._by_session
-    assert cache._by_identity == {"i1": {key("other")}}
+    assert "s1" not in cache.indexes()[0]
+    assert cache.indexes()[1] == {"i1": {key("other")}}
     assert cache.evict_session("s1") == 0
     assert cache.evict_session("unknown") == 0
     assert cache.evict_session("s2") == 1
@@ -251,8 +246,8 @@ def test_evict_identity_removes_every_session_of_it(clocks: Clocks) -> None:
     assert cache.get(key(1)) is None
     assert cache.get(key(2)) is None
     assert cache.get(key(3)) is not None
-    assert set(cache._by_session) == {"s3"}
-    assert set(cache._by_identity) == {"bob"}
+    assert set(cache.indexes()[0]) == {"s3"}
+    assert set(cache.indexes()[1]) == {"bob"}
     assert cache.evict_identity("nobody") == 0
 
 
@@ -267,8 +262,8 @@ def test_evict_identity_except_session(clocks: Clocks) -> None:
     assert cache.get(key(3)) is None
     assert cache.get(key(2)) is not None
     assert cache.get(key(22)) is not None
-    assert set(cache._by_session) == {"s2"}
-    assert cache._by_identity == {"alice": {key(2), key(22)}}
+    assert set(cache.indexes()[0]) == {"s2"}
+    assert cache.indexes()[1] == {"alice": {key(2), key(22)}}
 
 
 def test_evicting_everything_leaves_no_index_entries(clocks: Clocks) -> None:
@@ -400,9 +395,64 @@ def test_clear_refuses_answers_that_were_in_flight() -> None:
     started = clock["mono"]
     clock["mono"] += 1
     cache.clear()
-    entry = CachedSession("s1", "i1", 2_000.0, {}, b"")
+    entry = CachedSession.of("s1", "i1", 2_000.0, b"{}")
     assert cache.put(b"k", entry, started=started) is False
     assert (
-        cache.put(b"k", CachedSession("s1", "i1", 2_000.0, {}, b""), started=clock["mono"] + 1)
+        cache.put(b"k", CachedSession.of("s1", "i1", 2_000.0, b"{}"), started=clock["mono"] + 1)
         is True
     )
+
+
+# -- what an entry keeps --------------------------------------------------------------------
+
+
+def whoami_body() -> bytes:
+    """What Kratos' whoami answers for a password login (the fake follows CONTRACT.md)."""
+    from sessiongate.testing import KratosFake
+
+    fake = KratosFake()
+    alice = fake.login("alice@example.com")
+    session = fake.store.sessions[alice.id]
+    data = fake.store.session_json(session, identity="full", devices="list")
+    return json.dumps(data, separators=(",", ":")).encode()
+
+
+def test_entry_keeps_whoami_body_byte_for_byte_and_parses_only_on_demand() -> None:
+    body = whoami_body()
+    entry = CachedSession.of("s1", "i1", 2_000.0, body, [(b"x-user-id", b"i1")])
+    assert entry.body == body
+    assert len(entry.deflated) < len(body) / 3  # Kratos' vocabulary is in the preset dictionary
+    assert entry.parsed is None
+    assert entry.session == json.loads(body)
+    assert entry.session is entry.session  # parsed once
+    assert entry.identity_headers == ((b"x-user-id", b"i1"),)
+
+
+def test_100k_entries_fit_the_documented_memory_figure(clocks: Clocks) -> None:
+    """README (Speed): ~1.1 KB per cached session; 100,000 stay well under 200 MB."""
+    import tracemalloc
+
+    from sessiongate.authenticate import Authenticator
+    from sessiongate.identity_headers import IdentityHeaders
+    from sessiongate.kratos import KratosAnswer
+
+    cache = make_cache(clocks, max_entries=200_000)
+    headers = IdentityHeaders(
+        {"X-User-Id": "identity.id", "X-User-Email": "identity.traits.email", "X-Session-Id": "id"}
+    )
+    auth = Authenticator(None, cache, headers)  # type: ignore[arg-type]
+    template = whoami_body().decode()
+    n = 10_000
+    answers = [
+        KratosAnswer(200, {}, template.replace('"id":"', f'"id":"{i:06d}', 2).encode())
+        for i in range(n)
+    ]
+    keys = [f"credential-{i:08d}".encode().ljust(20, b"-") for i in range(n)]
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for key, answer in zip(keys, answers, strict=True):
+        assert isinstance(auth.classify(key, answer, clocks.mono), CachedSession)
+    per_entry = (tracemalloc.get_traced_memory()[0] - before) / n
+    tracemalloc.stop()
+    assert len(cache) == n
+    assert per_entry < 1_400, per_entry  # bytes, keys excluded (they exist before the cache)

@@ -365,3 +365,28 @@ def test_only_the_first_session_token_header_counts_like_go() -> None:
     found = find_credential(headers, CookieMatcher(["ory_kratos_session"]))
     assert found is not None
     assert found.kind == "bearer"
+
+
+# -- fingerprints ---------------------------------------------------------------------------
+
+
+def test_fingerprint_is_equal_for_equal_credential_headers_only() -> None:
+    from sessiongate.credentials import credential_fingerprint as fp
+
+    base = [(b"host", b"a"), (b"cookie", b"ory_kratos_session=x; theme=dark")]
+    assert fp(base) == fp([(b"host", b"b"), *base[1:], (b"accept", b"*/*")])  # others ignored
+    assert fp(base) != fp([(b"cookie", b"ory_kratos_session=y; theme=dark")])
+    assert fp(base) != fp([*base, (b"x-session-token", b"t")])
+    assert fp(base) != fp([(b"authorization", b"Bearer t"), *base])
+    assert fp([(b"host", b"a")]) is None
+    assert len(fp(base) or b"") == 20
+    assert b"ory_kratos_session" not in (fp(base) or b"")
+
+
+def test_fingerprint_cannot_be_confused_by_moving_bytes_between_headers() -> None:
+    from sessiongate.credentials import credential_fingerprint as fp
+
+    one = [(b"cookie", b"a=1"), (b"cookie", b"b=2")]
+    other = [(b"cookie", b"a=1cookie:3:b=2")]
+    assert fp(one) != fp(other)
+    assert fp([(b"cookie", b"a"), (b"cookie", b"")]) != fp([(b"cookie", b"a")])
