@@ -280,6 +280,22 @@ class SessionCache:
         while len(self._entries) > self.max_entries:
             oldest = next(iter(self._entries))
             self._remove(oldest)
+        self._sweep()
+
+    def _sweep(self, budget: int = 2) -> None:
+        """Drop up to `budget` dead entries at the LRU end on each write, so credentials that
+        are never used again (logged out, rotated, junk) stay about one TTL, not until
+        `max_entries` pushes them out (found by the soak run: RSS +20% in 10 minutes)."""
+        now = self._monotonic()
+        for _ in range(budget):
+            oldest = next(iter(self._entries), None)
+            if oldest is None:
+                return
+            value = self._entries[oldest]
+            deadline = value if type(value) is float else value.deadline  # type: ignore[union-attr]
+            if now < deadline:
+                return
+            self._remove(oldest)
 
     def _remove_all(self, keys: set[bytes]) -> int:
         for key in keys:

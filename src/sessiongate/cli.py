@@ -9,10 +9,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import uvicorn
-
 
 def _fake_kratos(args: argparse.Namespace) -> int:
+    import uvicorn
     import yaml
 
     from sessiongate.testing.app import KratosFake

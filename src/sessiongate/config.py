@@ -118,7 +118,8 @@ class Ory(_Section):
         default_factory=lambda: ["ory_kratos_session", "ory_session_*"], min_length=1
     )
     timeout: Duration = 5.0
-    max_inflight: int = Field(default=64, ge=1, le=10_000)
+    # whoami calls at once: a cold start of 1000 sessions passes, a flood of junk is bounded
+    max_inflight: int = Field(default=1024, ge=1, le=10_000)
 
     @field_validator("public_url")
     @classmethod

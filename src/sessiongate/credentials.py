@@ -114,7 +114,7 @@ def find_credential(headers: RawHeaders, is_session_cookie: CookieMatcher) -> Cr
     """The credential Kratos would use, or None. Raises MalformedCredential for junk."""
     cookie_headers: list[bytes] = []
     authorization = b""
-    token_seen = False
+    token_seen = authorization_seen = False
     for name, value in headers:
         if name == b"x-session-token":
             # Go's Header.Get: only the first X-Session-Token counts, even when empty.
@@ -123,8 +123,10 @@ def find_credential(headers: RawHeaders, is_session_cookie: CookieMatcher) -> Cr
             token_seen = True
         elif name == b"cookie":
             cookie_headers.append(value)
-        elif name == b"authorization" and not authorization:
+        elif name == b"authorization" and not authorization_seen:
+            # Go's Header.Get again: an empty first Authorization hides any later one
             authorization = value
+            authorization_seen = True
     matches = is_session_cookie.matches_bytes
     for header in cookie_headers:
         for cname, cvalue in _cookie_pairs(header):

@@ -17,6 +17,9 @@ from sessiongate.config import Settings, origin_of
 RawHeaders = list[tuple[bytes, bytes]]
 
 _TRICKY = re.compile(rb"%2e|%2f|%5c|%25|\\|;|/\.\.?(/|$)|//", re.IGNORECASE)
+# In the decoded path: a `%` left over (`%%32%65`, `%u002e`: decoded again, a dot), NUL and
+# controls (C servers stop at NUL), U+FFFD (invalid UTF-8 such as the overlong dot %c0%ae).
+_TRICKY_DECODED = re.compile(r"[%\\\x00-\x1f\x7f\ufffd]")
 _HOST = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$")
 
 
@@ -35,6 +38,8 @@ class Decider:
 
     def is_public(self, path: str, raw_path: bytes | None) -> bool:
         if self._public is None or self._public.match(path) is None:
+            return False
+        if _TRICKY_DECODED.search(path):
             return False
         # It looks public: make sure no trick makes the app see another path than this one.
         if raw_path is not None and _TRICKY.search(raw_path.split(b"?", 1)[0]):

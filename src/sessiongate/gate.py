@@ -21,7 +21,7 @@ from sessiongate.gatekeeper import Gatekeeper
 from sessiongate.kratos import KratosClient
 from sessiongate.proxy import UpstreamProxy
 from sessiongate.relay import SessionsRelay
-from sessiongate.responses import send_json
+from sessiongate.responses import send_error, send_json
 
 log = logging.getLogger("sessiongate")
 HEALTH_ALIVE = "/health/alive"
@@ -65,6 +65,7 @@ class Gate:
             trusted_proxies=settings.forwarded.trusted_proxies,
             strip_cookie=matcher if settings.upstream.strip_session_cookie else None,
             strip_cors_headers=settings.cors.enabled and settings.cors.apply_to == "all",
+            protected_headers=settings.spoofable_headers(),
         )
         api = settings.sessions_api
         self.relay = (
@@ -119,6 +120,9 @@ class Gate:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"]
+        if not path.startswith("/"):  # `OPTIONS *`, or an absolute form the server kept whole
+            await send_error(send, 400, reason="The request target must be a path.")
+            return
         if path in (HEALTH_ALIVE, HEALTH_READY):
             await self._health(path, send)
             return

@@ -19,6 +19,7 @@ DEFAULT_MESSAGES: dict[int, str] = {
     403: "The requested action was forbidden",
     404: "The requested resource could not be found",
     405: "The requested method is not allowed",
+    408: "The request took too long to arrive",
     413: "The request body is too large",
     409: "The resource could not be created due to a conflict",
     429: "The request was rate limited",

@@ -41,7 +41,8 @@ def header_value(value: Any) -> bytes | None:
     if value is None:
         return None
     text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
-    return quote(text, safe=_SAFE).encode("ascii")
+    # surrogatepass: json.loads turns a lone `\ud800` escape into a lone surrogate
+    return quote(text.encode("utf-8", "surrogatepass"), safe=_SAFE).encode("ascii")
 
 
 class IdentityHeaders:

@@ -68,6 +68,10 @@ class ClientGone(Exception):
     """The client disconnected while its request was being forwarded."""
 
 
+class ClientStalled(Exception):
+    """The client sent no request body for longer than upstream.timeout."""
+
+
 class _DisconnectWatch:
     """Cancels the forwarding task when the client goes away, so the upstream request is
     abandoned with it. The watcher task starts only once the exchange outlives WATCH_AFTER."""
@@ -103,6 +107,13 @@ class _DisconnectWatch:
             self.watcher.cancel()
 
 
+def _has_body(headers: RawHeaders) -> bool:
+    for name, value in headers:
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
+            return True
+    return False
+
+
 class UpstreamProxy:
     def __init__(
         self,
@@ -114,8 +125,11 @@ class UpstreamProxy:
         trusted_proxies: list[str] | None = None,
         strip_cookie: Callable[[str], bool] | None = None,
         strip_cors_headers: bool = False,
+        protected_headers: frozenset[str] = frozenset(),
     ) -> None:
         self.base = url.rstrip("/")
+        # the gate's identity headers: a client's `Connection` must not remove them
+        self.protected = frozenset(n.lower() for n in protected_headers)
         self.host_header = URL(self.base).raw_authority
         self.timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_read=timeout)
         self.max_connections = max_connections
@@ -168,6 +182,8 @@ class UpstreamProxy:
         xff = proto = fhost = host = ""
         for name, value in headers:
             if name not in _SPECIAL:
+                if b"_" in name and name.replace(b"_", b"-") in _FORWARDED:
+                    continue  # X_Forwarded_For: servers that fold `_` would trust it
                 out.append((name.decode("latin-1"), value.decode("latin-1")))
             elif name == b"host":
                 host = value.decode("latin-1")
@@ -201,7 +217,7 @@ class UpstreamProxy:
                     out.append((name.decode("latin-1"), text))
             # else: hop-by-hop, dropped
         if named:
-            drop = {n.decode("latin-1") for n in named if n}
+            drop = {n.decode("latin-1") for n in named if n} - self.protected
             out = [(n, v) for n, v in out if n.lower() not in drop]
         peer = (scope.get("client") or ("", 0))[0]
         out.append(("X-Forwarded-For", f"{xff}, {peer}" if xff and peer else (xff or peer)))
@@ -246,7 +262,17 @@ class UpstreamProxy:
         """Forward the request; `headers` are the client's, already stripped and annotated."""
         method = scope["method"]
         upstream_headers = self.upstream_headers(scope, headers)
-        first = await receive()
+        idle = self.timeout.sock_read
+        if _has_body(headers):
+            # a client that announces a body and goes silent must not hold a task for ever
+            try:
+                async with asyncio.timeout(idle):
+                    first = await receive()
+            except TimeoutError:
+                await send_error(send, 408, reason="The request body stopped arriving.")
+                return
+        else:
+            first = await receive()  # the server has it already: no timer on the hot path
         if first["type"] == "http.disconnect":
             return
         task = asyncio.current_task()
@@ -255,7 +281,7 @@ class UpstreamProxy:
         body: bytes | AsyncIterator[bytes] | None
         if first.get("more_body"):
             # receive() has one reader: the body's until its last chunk, then the watcher's
-            body = self._stream_body(first.get("body", b""), receive, watch.arm)
+            body = self._stream_body(first.get("body", b""), receive, watch.arm, idle)
         else:
             body = first.get("body", b"") or None
             watch.arm()
@@ -309,6 +335,10 @@ class UpstreamProxy:
         ) as exc:
             if isinstance(exc.__cause__, ClientGone):
                 return  # aiohttp wraps what the body iterator raised: the client left mid-upload
+            if isinstance(exc.__cause__, ClientStalled) and not started:
+                # a stalled upload must not hold an upstream connection for ever
+                await send_error(send, 408, reason="The request body stopped arriving.")
+                return
             if started:
                 raise
             log.warning("upstream %s failed: %s", self.base, type(exc).__name__)
@@ -318,12 +348,16 @@ class UpstreamProxy:
 
     @staticmethod
     async def _stream_body(
-        first: bytes, receive: Receive, on_end: Callable[[], None]
+        first: bytes, receive: Receive, on_end: Callable[[], None], idle: float | None
     ) -> AsyncIterator[bytes]:
         if first:
             yield first
         while True:
-            message = await receive()
+            try:
+                async with asyncio.timeout(idle):  # idle time between chunks, like the reads
+                    message = await receive()
+            except TimeoutError:
+                raise ClientStalled from None
             if message["type"] == "http.disconnect":
                 raise ClientGone
             chunk = message.get("body", b"")

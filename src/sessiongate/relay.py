@@ -43,6 +43,25 @@ from sessiongate.kratos import KratosAnswer, KratosClient
 from sessiongate.responses import send_error
 
 log = logging.getLogger("sessiongate.relay")
+
+
+class _HideLogoutToken(logging.Filter):
+    """httpx logs every request's URL at INFO; the logout URL's query is the logout token."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(
+            isinstance(a, httpx.URL) and a.query for a in record.args
+        ):
+            record.args = tuple(
+                a.copy_with(query=b"token=REDACTED")
+                if isinstance(a, httpx.URL) and a.path.endswith("/self-service/logout")
+                else a
+                for a in record.args
+            )
+        return True
+
+
+logging.getLogger("httpx").addFilter(_HideLogoutToken())
 RawHeaders = list[tuple[bytes, bytes]]
 
 MAX_BODY = 64 * 1024
@@ -441,9 +460,13 @@ class SessionsRelay:
         if base_path is None:
             return url
         rest = url[len(url.split("/", 3)[0]) + 2 + len(url.split("/", 3)[2]) :]
-        if base_path and rest.startswith(base_path):
-            rest = rest[len(base_path) :]
-        return self.gate_base(scope) + (rest or "/")
+        boundaries = (base_path + "/", base_path + "?", base_path + "#")
+        if base_path and (rest == base_path or rest.startswith(boundaries)):
+            rest = rest[len(base_path) :]  # only at a segment boundary: /base.evil is not /base
+        base = self.gate_base(scope)
+        if not base.startswith("http") and rest.startswith(("//", "/\\")):
+            return url  # with no known gate origin this would read as scheme-relative //host
+        return base + (rest or "/")
 
     def rewrite_link(self, value: str, scope: Scope) -> str:
         return _LINK_URL.sub(lambda m: f"<{self.rewrite_url(m.group(1), scope)}>", value)

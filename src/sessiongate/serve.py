@@ -13,10 +13,13 @@ relayed it only (see README, "Several cores").
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from sessiongate.config import CONFIG_ENV, Settings, load_settings
-from sessiongate.gate import Gate
 from sessiongate.logs import configure_logging
+
+if TYPE_CHECKING:
+    from sessiongate.gate import Gate
 
 #: Bound on reading a request's headers: a slow-loris client is dropped after this.
 HEADER_READ_TIMEOUT_MS = 10_000
@@ -24,6 +27,8 @@ HEADER_READ_TIMEOUT_MS = 10_000
 
 def gate_from_environment() -> Gate:
     """The factory each granian worker calls: settings from SESSIONGATE_CONFIG and the env."""
+    from sessiongate.gate import Gate  # here, not at import: granian's supervisor never needs it
+
     settings = load_settings()
     configure_logging(settings.log_level)
     return Gate(settings)
@@ -66,6 +71,8 @@ def _serve_granian(settings: Settings, config_path: str | None) -> None:
 
 def _serve_uvicorn(settings: Settings, config_path: str | None) -> None:
     import uvicorn
+
+    from sessiongate.gate import Gate
 
     common = {
         "host": settings.listen.host,

@@ -456,3 +456,17 @@ def test_100k_entries_fit_the_documented_memory_figure(clocks: Clocks) -> None:
     tracemalloc.stop()
     assert len(cache) == n
     assert per_entry < 1_400, per_entry  # bytes, keys excluded (they exist before the cache)
+
+
+def test_dead_entries_do_not_pile_up_until_max_entries(clocks: Clocks) -> None:
+    """100 new credentials a second for 10 minutes, each used once: only ~one TTL is kept."""
+    cache = make_cache(clocks, ttl=2.0, max_entries=100_000)
+    for i in range(60_000):
+        clocks.advance(0.01)
+        cache.put(key(i), entry(clocks, f"s{i}", "i1"), started=clocks.mono)
+        if i % 7 == 0:
+            cache.put_negative(key(f"junk{i}"))
+    assert len(cache) < 500, len(cache)  # 2 s of traffic is ~230 entries; without sweeping: 68k
+    sessions, identities = cache.indexes()
+    assert len(sessions) < 500
+    assert identities["i1"] == {k for k, v in cache._entries.items() if not isinstance(v, float)}
