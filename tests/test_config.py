@@ -349,3 +349,16 @@ def test_unknown_single_segment_variables_are_not_settings() -> None:
         None, environ={"SESSIONGATE_MY_ADMIN_KEYS": "k1,k2", "SESSIONGATE_LOG_LEVEL": "debug"}
     )
     assert settings.log_level == "debug"
+
+
+def test_listen_server_and_workers_are_checked():
+    s = load_settings(
+        None, {"SESSIONGATE_LISTEN__SERVER": "uvicorn", "SESSIONGATE_LISTEN__WORKERS": "2"}
+    )
+    assert (s.listen.server, s.listen.workers) == ("uvicorn", 2)
+    assert load_settings(None, {}).listen.server == "granian"
+    problems = problems_of(
+        None, {"SESSIONGATE_LISTEN__SERVER": "gunicorn", "SESSIONGATE_LISTEN__WORKERS": "0"}
+    )
+    assert sorted(p.split(":", 1)[0] for p in problems) == ["listen.server", "listen.workers"]
+    assert any("granian" in p and "uvicorn" in p for p in problems), problems

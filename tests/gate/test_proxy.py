@@ -12,7 +12,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -25,6 +24,7 @@ from starlette.types import Receive, Scope, Send
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import InvalidStatus
 
+from resources import PeakRSS
 from sessiongate.gate import Gate
 from sessiongate.testing import FakeKratosServer, UvicornThread
 from sessiongate.testing.server import bind_loopback
@@ -215,33 +215,6 @@ def established_to(port: int) -> int:
         for c in psutil.Process().net_connections("tcp")
         if c.laddr and c.laddr.port == port and c.status == psutil.CONN_ESTABLISHED
     )
-
-
-class PeakRSS:
-    """Samples this process' RSS every 20 ms in a thread; `growth` is peak minus baseline."""
-
-    def __init__(self) -> None:
-        self.proc = psutil.Process()
-        self.base = self.peak = self.proc.memory_info().rss
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.02):
-            self.peak = max(self.peak, self.proc.memory_info().rss)
-
-    def __enter__(self) -> PeakRSS:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        self.peak = max(self.peak, self.proc.memory_info().rss)
-
-    @property
-    def growth(self) -> int:
-        return self.peak - self.base
 
 
 async def body_chunks(total: int, size: int = 64 * 1024) -> AsyncIterator[bytes]:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from faultproxy import FaultProxy
 from gate_stack import Stack, settings_for
 
 from apps import EchoApp
+from resources import PeakRSS
 from sessiongate.gate import Gate
 from sessiongate.testing import CreatedSession, FakeKratosServer, UvicornThread
 
@@ -468,28 +468,6 @@ async def test_app_reset_mid_response_breaks_only_that_response(make_faulty):
     await assert_back_to(stack, baseline)
 
 
-class PeakRSS:
-    """This process' peak RSS while in the block, sampled every 20 ms."""
-
-    def __init__(self) -> None:
-        self.proc = psutil.Process()
-        self.base = self.peak = self.proc.memory_info().rss
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.02):
-            self.peak = max(self.peak, self.proc.memory_info().rss)
-
-    def __enter__(self) -> PeakRSS:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(2)
-
-
 async def test_huge_app_response_streams_in_bounded_memory_while_others_are_served(make_faulty):
     stack = make_faulty()
     warm, baseline = await warm_up(stack)
@@ -506,9 +484,9 @@ async def test_huge_app_response_streams_in_bounded_memory_while_others_are_serv
     with PeakRSS() as rss:
         task = asyncio.ensure_future(download())
         latencies = await served_meanwhile(stack, token(warm), task, at_least=3)
-    print(f"200 MB through the gate: RSS +{(rss.peak - rss.base) / MB:.0f} MB, others {latencies}")
+    print(f"200 MB through the gate: RSS +{rss.growth / MB:.0f} MB, others {latencies}")
     assert got == total
-    assert rss.peak - rss.base < 64 * MB
+    assert rss.growth < 64 * MB
     assert max(latencies) < 1.0, latencies
     assert_only_validated_reached_app(stack, [warm])
     await assert_back_to(stack, baseline)
