@@ -172,12 +172,12 @@ class SessionCache:
         value = self._entries.get(key)
         if value is None:
             return None
-        deadline = value if type(value) is float else value.deadline  # type: ignore[union-attr]
+        deadline = value.deadline if isinstance(value, CachedSession) else value
         if self._monotonic() >= deadline:
             self._remove(key)
             return None
         self._entries.move_to_end(key)
-        return NEGATIVE if type(value) is float else value
+        return value if isinstance(value, CachedSession) else NEGATIVE
 
     # -- writes -----------------------------------------------------------------------------
     def put(
@@ -292,7 +292,7 @@ class SessionCache:
             if oldest is None:
                 return
             value = self._entries[oldest]
-            deadline = value if type(value) is float else value.deadline  # type: ignore[union-attr]
+            deadline = value.deadline if isinstance(value, CachedSession) else value
             if now < deadline:
                 return
             self._remove(oldest)

@@ -17,6 +17,7 @@ from urllib.parse import quote
 RawHeaders = list[tuple[bytes, bytes]]
 
 KEEP_MEMO = 4096
+KEEP_NAME_BYTES = 64
 _SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
 
 
@@ -81,6 +82,7 @@ class IdentityHeaders:
 
     def _learn(self, name: bytes) -> bool:
         verdict = canonical(name) not in self.spoofable
-        if len(self._keep) < KEEP_MEMO:
+        # bounded in count and size: clients choose header names
+        if len(self._keep) < KEEP_MEMO and len(name) <= KEEP_NAME_BYTES:
             self._keep[name] = verdict
         return verdict

@@ -3,7 +3,8 @@
 `SessionGateMiddleware(app, settings)` runs the same `Gatekeeper` as the proxy but forwards
 nothing: it answers denials itself and, for admitted requests, annotates the scope the way
 Starlette's `AuthenticationMiddleware` does (`request.user`, `request.auth`) plus
-`request.state.ory_session`, and replaces the identity headers so code that reads `X-User-Id`
+`request.state.ory_session` (built once per cached session and shared by its requests: treat
+them as read-only), and replaces the identity headers so code that reads `X-User-Id`
 stays safe. `require_session` is a dependency for FastAPI (or a helper for Starlette views).
 """
 

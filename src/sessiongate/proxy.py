@@ -129,7 +129,7 @@ class UpstreamProxy:
     ) -> None:
         self.base = url.rstrip("/")
         # the gate's identity headers: a client's `Connection` must not remove them
-        self.protected = frozenset(n.lower() for n in protected_headers)
+        self.protected = frozenset(n.lower().replace("_", "-") for n in protected_headers)
         self.host_header = URL(self.base).raw_authority
         self.timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_read=timeout)
         self.max_connections = max_connections
@@ -217,8 +217,9 @@ class UpstreamProxy:
                     out.append((name.decode("latin-1"), text))
             # else: hop-by-hop, dropped
         if named:
-            drop = {n.decode("latin-1") for n in named if n} - self.protected
-            out = [(n, v) for n, v in out if n.lower() not in drop]
+            # compared as the gate's identity headers are: case-blind, `_` as `-`
+            drop = {n.decode("latin-1").replace("_", "-") for n in named if n} - self.protected
+            out = [(n, v) for n, v in out if n.lower().replace("_", "-") not in drop]
         peer = (scope.get("client") or ("", 0))[0]
         out.append(("X-Forwarded-For", f"{xff}, {peer}" if xff and peer else (xff or peer)))
         out.append(("X-Forwarded-Proto", proto or scope.get("scheme", "http")))

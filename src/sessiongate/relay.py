@@ -35,7 +35,12 @@ from starlette.types import Receive, Scope, Send
 
 from sessiongate.cache import NEGATIVE, CachedSession
 from sessiongate.config import Settings, origin_of
-from sessiongate.credentials import Credential, MalformedCredential, find_credential
+from sessiongate.credentials import (
+    CookieMatcher,
+    Credential,
+    MalformedCredential,
+    find_credential,
+)
 from sessiongate.gatekeeper import Gatekeeper
 from sessiongate.herodot import error_bytes
 from sessiongate.identity_headers import lookup
@@ -325,7 +330,7 @@ class SessionsRelay:
         if token:
             try:
                 # find_credential vets the token (visible ASCII, bounded) as for a header
-                found = find_credential([(b"x-session-token", token.encode())], lambda _: False)
+                found = find_credential([(b"x-session-token", token.encode())], CookieMatcher([]))
                 target = await self._caller_session(found)
             except MalformedCredential:
                 target = None

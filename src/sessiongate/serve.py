@@ -12,6 +12,7 @@ relayed it only (see README, "Several cores").
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import TYPE_CHECKING
 
@@ -37,6 +38,13 @@ def gate_from_environment() -> Gate:
 def serve(settings: Settings, config_path: str | None) -> None:
     """Serve until SIGINT/SIGTERM. `settings` were validated by the caller."""
     configure_logging(settings.log_level)
+    if settings.listen.workers > 1:
+        logging.getLogger("sessiongate").warning(
+            "%d workers, each with its own session cache: a revocation through the gate "
+            "reaches the other workers only when their entry lapses (cache.ttl = %gs)",
+            settings.listen.workers,
+            settings.cache.ttl,
+        )
     if settings.listen.server == "uvicorn":
         _serve_uvicorn(settings, config_path)
     else:

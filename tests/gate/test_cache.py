@@ -470,3 +470,16 @@ def test_dead_entries_do_not_pile_up_until_max_entries(clocks: Clocks) -> None:
     sessions, identities = cache.indexes()
     assert len(sessions) < 500
     assert identities["i1"] == {k for k, v in cache._entries.items() if not isinstance(v, float)}
+
+
+def test_an_integer_clock_works_too() -> None:
+    now = [100]
+    cache = SessionCache(
+        ttl=60, max_entries=10, negative_ttl=2, monotonic=lambda: now[0], wall=lambda: 1_000
+    )
+    cache.put_negative(b"k")
+    cache.put(b"s", CachedSession.of("s1", "i1", 2_000, b"{}"), started=now[0])
+    assert cache.get(b"k") is NEGATIVE
+    now[0] = 102
+    assert cache.get(b"k") is None
+    assert isinstance(cache.get(b"s"), CachedSession)

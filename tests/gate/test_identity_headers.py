@@ -332,3 +332,14 @@ async def test_session_cookie_kept_when_configured(make_stack) -> None:
         r = await c.get("/private", headers={"Cookie": cookie})
     assert r.status_code == 200
     assert s.app.last_headers()["cookie"] == [cookie]
+
+
+def test_the_name_memo_never_keeps_long_client_chosen_names() -> None:
+    ih = IdentityHeaders({"X-User-Id": "identity.id"})
+    long_name = b"x-" + b"a" * 60_000
+    headers = [(long_name, b"1"), (b"x_user_id", b"spoof"), (b"accept", b"*/*")]
+    for _ in range(3):
+        assert ih.strip(headers) == [(long_name, b"1"), (b"accept", b"*/*")]
+    assert long_name not in ih._keep
+    assert ih._keep[b"accept"] is True
+    assert ih._keep[b"x_user_id"] is False

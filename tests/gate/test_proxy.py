@@ -999,3 +999,14 @@ def test_upstream_that_never_accepts_the_connection_is_a_502() -> None:
     assert r.status_code == 502
     assert r.json()["error"]["code"] == 502
     assert elapsed < 3
+
+
+def test_connection_cannot_name_away_an_identity_header_in_any_spelling() -> None:
+    from sessiongate.proxy import UpstreamProxy
+
+    proxy = UpstreamProxy("http://127.0.0.1:1", protected_headers=frozenset({"X_User"}))
+    scope = {"type": "http", "client": ("127.0.0.1", 5), "scheme": "http"}
+    headers = [(b"connection", b"x_user, X-Other"), (b"x-other", b"o"), (b"x_user", b"gate")]
+    out = dict(proxy.upstream_headers(scope, headers))
+    assert out["x_user"] == "gate"
+    assert "x-other" not in out
