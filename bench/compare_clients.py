@@ -17,13 +17,14 @@ import itertools
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 from pathlib import Path
+
+# run as a script: bench/ is on sys.path, so `bench` is bench.py, the benchmark's helpers
+from bench import free_port, wait_port
 
 CANDIDATES = {
     "httpx": """
@@ -75,22 +76,6 @@ async def app(scope, receive, send):
         await send({"type": "http.response.body", "body": b""})
 """,
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
 
 
 def start_nginx(workdir: Path, port: int) -> subprocess.Popen[bytes]:

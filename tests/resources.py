@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import time
+from collections.abc import Callable
+from typing import Any
 
 import psutil
 
@@ -32,3 +36,25 @@ class PeakRSS:
     @property
     def growth(self) -> int:
         return self.peak - self.base
+
+
+async def until(condition: Callable[[], bool], seconds: float = 5.0) -> bool:
+    """Poll `condition` for at most `seconds`; its final value."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        await asyncio.sleep(0.02)
+    return condition()
+
+
+def gate_task_count(stack: Any) -> int:
+    """Tasks alive in the gate's own event loop (uvicorn runs it in a thread of this process)."""
+    server = stack.gate_server._server
+    assert server is not None
+    loop = server.servers[0].get_loop()
+
+    async def count() -> int:
+        return len(asyncio.all_tasks()) - 1  # minus this counting task
+
+    return asyncio.run_coroutine_threadsafe(count(), loop).result(5)

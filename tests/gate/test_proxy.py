@@ -24,7 +24,7 @@ from starlette.types import Receive, Scope, Send
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import InvalidStatus
 
-from resources import PeakRSS
+from resources import PeakRSS, gate_task_count, until
 from sessiongate.gate import Gate
 from sessiongate.testing import FakeKratosServer, UvicornThread
 from sessiongate.testing.server import bind_loopback
@@ -184,28 +184,6 @@ def header_map(headers: list[tuple[str, str]] | list[list[str]]) -> dict[str, li
     for k, v in headers:
         out.setdefault(k.lower(), []).append(v)
     return out
-
-
-async def until(condition: Callable[[], bool], seconds: float = 5.0) -> bool:
-    """Poll `condition` for at most `seconds`; its final value."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        await asyncio.sleep(0.02)
-    return condition()
-
-
-def gate_task_count(stack: Stack) -> int:
-    """Tasks alive in the gate's own event loop (uvicorn runs it in a thread of this process)."""
-    server = stack.gate_server._server
-    assert server is not None
-    loop = server.servers[0].get_loop()
-
-    async def count() -> int:
-        return len(asyncio.all_tasks()) - 1  # minus this counting task
-
-    return asyncio.run_coroutine_threadsafe(count(), loop).result(5)
 
 
 def established_to(port: int) -> int:

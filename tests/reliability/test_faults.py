@@ -40,7 +40,7 @@ from faultproxy import FaultProxy
 from gate_stack import Stack, settings_for
 
 from apps import EchoApp
-from resources import PeakRSS
+from resources import PeakRSS, gate_task_count, until
 from sessiongate.gate import Gate
 from sessiongate.testing import CreatedSession, FakeKratosServer, UvicornThread
 
@@ -110,27 +110,6 @@ def login(stack: FaultStack, name: str) -> CreatedSession:
     return stack.fake.login(f"{name}@example.com")
 
 
-async def until(condition: Callable[[], bool], seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        await asyncio.sleep(0.02)
-    return condition()
-
-
-def gate_tasks(stack: FaultStack) -> int:
-    """Tasks alive on the gate's event loop (uvicorn runs it in a thread of this process)."""
-    server = stack.gate_server._server
-    assert server is not None
-    loop = server.servers[0].get_loop()
-
-    async def count() -> int:
-        return len(asyncio.all_tasks()) - 1  # minus this one
-
-    return asyncio.run_coroutine_threadsafe(count(), loop).result(5)
-
-
 def fds() -> int:
     return psutil.Process().num_fds()
 
@@ -161,7 +140,7 @@ async def _quiet_tasks(stack: FaultStack) -> int:
     """The gate's task count once three readings in a row agree (at most ~2.5 s)."""
     readings: list[int] = []
     for _ in range(50):
-        readings.append(gate_tasks(stack))
+        readings.append(gate_task_count(stack))
         if len(readings) >= 3 and len(set(readings[-3:])) == 1:
             break
         await asyncio.sleep(0.05)
@@ -171,8 +150,8 @@ async def _quiet_tasks(stack: FaultStack) -> int:
 async def assert_back_to(stack: FaultStack, baseline: Baseline, seconds: float = 5.0) -> None:
     """The gate's tasks, then (with every proxied connection hung up) the descriptors, are
     back where they were. Tasks first: hanging up would end a request stuck on a socket."""
-    settled = await until(lambda: gate_tasks(stack) <= baseline.tasks, seconds)
-    assert settled, f"gate tasks {gate_tasks(stack)}, baseline {baseline.tasks}"
+    settled = await until(lambda: gate_task_count(stack) <= baseline.tasks, seconds)
+    assert settled, f"gate tasks {gate_task_count(stack)}, baseline {baseline.tasks}"
     deadline = time.monotonic() + seconds
     now = await _hung_up_fds(stack)
     while now > baseline.fds and time.monotonic() < deadline:
@@ -529,7 +508,7 @@ async def test_clients_trickling_their_headers_do_not_hold_up_others(make_faulty
         hold = asyncio.ensure_future(asyncio.sleep(4))  # the lorises' time on stage
         latencies = await served_meanwhile(stack, token(warm), hold, at_least=5)
         assert max(latencies) < 0.5, latencies
-        assert gate_tasks(stack) <= baseline.tasks, "a half-sent request must cost no task"
+        assert gate_task_count(stack) <= baseline.tasks, "a half-sent request must cost no task"
     finally:
         stop.set()
         await asyncio.gather(*lorises)
