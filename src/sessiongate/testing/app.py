@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import secrets
 import uuid
 from collections.abc import Awaitable, Callable
@@ -57,6 +56,7 @@ from sessiongate.testing.store import (
     Store,
 )
 from sessiongate.testing.tokenizer import Tokenizer, TokenizeTemplate
+from sessiongate.uuids import InvalidUUID, parse_uuid
 
 RequiredAAL = Literal["highest_available", "aal1"]
 
@@ -95,7 +95,6 @@ _GO_BOOLS = {
     "false": False,
     "False": False,
 }
-_HEX = re.compile(r"^[0-9a-fA-F]+$")
 
 
 class KratosError(Exception):
@@ -121,24 +120,6 @@ def go_json(value: Any) -> bytes:
     """encoding/json's output: compact, with <, > and & escaped as Go does by default."""
     text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026").encode()
-
-
-def parse_go_uuid(text: str) -> str:
-    """gofrs/uuid `FromString`, with its error texts (the 400 message Kratos sends)."""
-    t = text
-    if len(t) == 45 and t.lower().startswith("urn:uuid:"):
-        t = t[9:]
-    elif len(t) == 38 and t[0] == "{" and t[-1] == "}":
-        t = t[1:-1]
-    if len(t) == 36:
-        if t[8] != "-" or t[13] != "-" or t[18] != "-" or t[23] != "-":
-            raise ValueError(f"uuid: incorrect UUID format in string {json.dumps(text)}")
-        t = t.replace("-", "")
-    elif len(t) != 32:
-        raise ValueError(f"uuid: incorrect UUID length {len(text)} in string {json.dumps(text)}")
-    if not _HEX.match(t):
-        raise ValueError(f"uuid: incorrect UUID format in string {json.dumps(text)}")
-    return str(uuid.UUID(hex=t))
 
 
 def http_date(value: datetime) -> str:
@@ -844,8 +825,8 @@ class KratosFake:
     @staticmethod
     def _uuid(raw: str) -> str:
         try:
-            return parse_go_uuid(raw)
-        except ValueError as exc:
+            return parse_uuid(raw)
+        except InvalidUUID as exc:
             raise KratosError(400, message=str(exc)) from exc
 
     @staticmethod
