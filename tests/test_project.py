@@ -42,3 +42,5 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
     ci = (ROOT / ".ci" / "run").read_text()
     assert "bash scripts/test" in readme.split("\n## ", 2)[0] or "bash scripts/test" in readme
     assert "bash scripts/test" in ci
+    # ... from a clone with nothing beside it, as a user's own clone would be
+    assert "mktemp -d" in ci and "git clone" in ci

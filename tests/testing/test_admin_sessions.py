@@ -499,7 +499,8 @@ async def test_get_session_identity_state_counts_only_when_expanded(kratos):
         ("not-a-uuid", 'uuid: incorrect UUID length 10 in string "not-a-uuid"'),
         (
             "zzzzzzzz-zzzz-zzzz-zzzz-zzzzzzzzzzzz",
-            'uuid: incorrect UUID format in string "zzzzzzzz-zzzz-zzzz-zzzz-zzzzzzzzzzzz"',
+            # gofrs/uuid v4.4.0 codec.go:47,95-96: a non-hex digit is errInvalidFormat
+            "uuid: invalid UUID format",
         ),
     ],
 )

@@ -588,7 +588,8 @@ async def test_delete_one_401_with_revoked_session(kratos):
         ("abc", 'uuid: incorrect UUID length 3 in string "abc"'),
         (
             "zzzzzzzz-zzzz-zzzz-zzzz-zzzzzzzzzzzz",
-            'uuid: incorrect UUID format in string "zzzzzzzz-zzzz-zzzz-zzzz-zzzzzzzzzzzz"',
+            # gofrs/uuid v4.4.0 codec.go:47,95-96: a non-hex digit is errInvalidFormat
+            "uuid: invalid UUID format",
         ),
         (
             "0000000000000000000000000000000000000",
