@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "kratos_spec"))
-import extract  # noqa: E402
+import extract
 
 FULL = [c for c in extract.CANDIDATES if c.exists()]
 

@@ -43,4 +43,5 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
     assert "bash scripts/test" in readme.split("\n## ", 2)[0] or "bash scripts/test" in readme
     assert "bash scripts/test" in ci
     # ... from a clone with nothing beside it, as a user's own clone would be
-    assert "mktemp -d" in ci and "git clone" in ci
+    assert "mktemp -d" in ci
+    assert "git clone" in ci

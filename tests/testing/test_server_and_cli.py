@@ -27,7 +27,7 @@ from spec_check import check_response
 WHOAMI_401 = (
     b'{"error":{"code":401,"status":"Unauthorized",'
     b'"reason":"No valid session credentials found in the request.",'
-    b'"message":"The request could not be authorized"}}'
+    b'"message":"The request could not be authorized"}}\n'  # herodot json.go:190 Encode
 )
 TOKEN_LINE = re.compile(r"^ +X-Session-Token: (ory_st_[A-Za-z0-9]{32})$", re.MULTILINE)
 START_TIMEOUT = 20.0

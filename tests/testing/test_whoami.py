@@ -99,7 +99,12 @@ async def test_session_token_header_beats_valid_cookie(kratos):
         WHOAMI, headers={"X-Session-Token": bob.token, "Cookie": kratos.fake.cookie_header(alice)}
     )
     assert_session_of(r, bob)
-    assert r.headers.get_list("set-cookie") == []
+    # RefreshCookie then compares alice's cookie with bob's session (manager_http.go:128-131):
+    # bob's expires later, so the cookie is re-issued, for bob's session.
+    [set_cookie] = r.headers.get_list("set-cookie")
+    value = SET_COOKIE.match(set_cookie)["value"]  # type: ignore[index]
+    r = await kratos.public.get(WHOAMI, headers={"Cookie": f"{COOKIE}={value}"})
+    assert_session_of(r, bob)
 
 
 async def test_stale_session_token_beats_valid_cookie_and_gives_401(kratos):
@@ -143,17 +148,43 @@ async def test_only_first_cookie_is_decoded_no_fallback_to_second(kratos):
     assert_no_session_401(r)
 
 
-async def test_undecodable_cookie_falls_back_to_bearer(kratos):
+COOKIE_INVALID_500 = {
+    "error": {
+        "code": 500,
+        "status": "Internal Server Error",
+        "message": "securecookie: the value is not valid",
+    }
+}
+
+
+@pytest.mark.parametrize("value", ["not-a-valid-cookie", ""])
+@pytest.mark.parametrize("credential", ["bearer", "header"])
+async def test_undecodable_cookie_beside_a_valid_token_is_500(kratos, value, credential):
+    """The token finds the session (manager_http.go:215-231 falls back to Bearer past a bad
+    cookie), but whoami then re-checks any cookie present: RefreshCookie's getCookie fails
+    (manager_http.go:118-126, handler.go:266-270) with securecookie's errMacInvalid, a plain
+    error that herodot answers as 500. The identity header was already set (handler.go:254)."""
     alice = kratos.fake.login("alice@example.com")
-    r = await kratos.public.get(
-        WHOAMI,
-        headers={
-            "Cookie": f"{COOKIE}=not-a-valid-cookie",
-            "Authorization": f"Bearer {alice.token}",
-        },
+    token = (
+        {"Authorization": f"Bearer {alice.token}"}
+        if credential == "bearer"
+        else {"X-Session-Token": alice.token}
     )
-    assert_session_of(r, alice)
+    r = await kratos.public.get(
+        WHOAMI, headers={"Cookie": f"{COOKIE}={value}", "X-Request-ID": "r-5", **token}
+    )
+    assert r.status_code == 500
+    assert r.json() == {"error": {**COOKIE_INVALID_500["error"], "request": "r-5"}}
+    assert r.headers["content-type"] == ERROR_CT
+    assert r.headers.get_list("ory-error-id") == [""]
+    assert r.headers["x-kratos-authenticated-identity-id"] == alice.identity_id
     assert r.headers.get_list("set-cookie") == []
+
+
+async def test_undecodable_cookie_alone_is_401_not_500(kratos):
+    """Without another credential no session is found, so RefreshCookie never runs."""
+    r = await kratos.public.get(WHOAMI, headers={"Cookie": f"{COOKIE}=not-a-valid-cookie"})
+    assert_no_session_401(r)
 
 
 async def test_cookie_holding_raw_token_is_not_a_credential(kratos):
@@ -496,15 +527,14 @@ async def test_aal2_required_under_highest_available(kratos):
     )
     assert r.status_code == 403
     body = json.loads(r.content)
-    expected = expected_aal_body(fake.public_url)
-    expected["error"]["request"] = "r-9"
-    assert body == expected
+    # ErrAALNotSatisfied brings its own JSON (session/manager.go:64-71, EnhanceJSONError), so
+    # herodot never adds X-Request-ID as `error.request` (herodot v0.10.8 json.go:61-66).
+    assert body == expected_aal_body(fake.public_url)
     assert list(body) == ["error", "redirect_browser_to"]
     assert list(body["error"]) == [
         "id",
         "code",
         "status",
-        "request",
         "reason",
         "details",
         "message",
@@ -632,11 +662,32 @@ async def test_token_requests_never_get_set_cookie_after_extend(kratos):
     for headers in (
         {"X-Session-Token": alice.token},
         {"Authorization": f"Bearer {alice.token}"},
-        {"X-Session-Token": alice.token, "Cookie": fake.cookie_header(alice)},
     ):
         r = await kratos.public.get(WHOAMI, headers=headers)
         assert_session_of(r, alice)
         assert r.headers.get_list("set-cookie") == []
+
+
+@pytest.mark.parametrize("header", ["X-Session-Token", "Authorization"])
+async def test_old_cookie_beside_the_winning_token_is_reissued_after_extend(kratos, header):
+    """RefreshCookie (session/manager_http.go:113-136) runs whatever credential won: a cookie
+    present whose stored expiry is older than the session's gets a new cookie (line 129)."""
+    fake = kratos.fake
+    alice = fake.login("alice@example.com")
+    fake.advance_clock(3600)
+    r = await kratos.admin.patch(f"/admin/sessions/{alice.id}/extend")
+    assert r.status_code == 200
+    value = alice.token if header == "X-Session-Token" else f"Bearer {alice.token}"
+    r = await kratos.public.get(
+        WHOAMI, headers={header: value, "Cookie": fake.cookie_header(alice)}
+    )
+    assert_session_of(r, alice)
+    [set_cookie] = r.headers.get_list("set-cookie")
+    m = SET_COOKIE.match(set_cookie)
+    assert m, set_cookie
+    r = await kratos.public.get(WHOAMI, headers={"Cookie": f"{COOKIE}={m['value']}"})
+    assert_session_of(r, alice)
+    assert r.headers.get_list("set-cookie") == []
 
 
 # -- tokenize_as (§4.1) ---------------------------------------------------------------------
@@ -689,6 +740,17 @@ async def test_tokenize_as_unknown_template_400(kratos):
     assert r.headers.get_list("ory-error-id") == [""]
     assert r.headers["cache-control"] == NO_CACHE
     assert "x-kratos-authenticated-identity-id" not in r.headers
+
+
+async def test_tokenize_as_empty_is_not_asked(make_kratos):
+    """handler.go:245-246: `tokenize_as=` is "" and so ignored: 200 without `tokenized`, and
+    the cache header is still sent (handler.go:257, `len(tokenizeTemplate) == 0`)."""
+    kratos = make_kratos(cacheable_sessions=True)
+    alice = kratos.fake.login("alice@example.com")
+    r = await kratos.public.get(WHOAMI + "?tokenize_as=", headers={"X-Session-Token": alice.token})
+    assert_session_of(r, alice)
+    assert "tokenized" not in r.json()
+    assert "ory-session-cache-for" in r.headers
 
 
 async def test_tokenize_as_unknown_template_without_session_is_401(kratos):

@@ -26,7 +26,7 @@ from urllib.parse import urlencode, urljoin, urlsplit
 from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route, Router
+from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sessiongate.herodot import error_bytes, error_headers
@@ -37,6 +37,7 @@ from sessiongate.testing.credentials import (
     find_token,
     first_cookie,
 )
+from sessiongate.testing.gomux import GoMux, go_redirect
 from sessiongate.testing.login_ui import login_routes
 from sessiongate.testing.pagination import (
     KeysetToken,
@@ -74,6 +75,9 @@ MESSAGE_AAL = "Session does not fulfill the requested Authenticator Assurance Le
 MESSAGE_NOT_FOUND_DB = "Unable to locate the resource"
 REASON_SESSION_INACTIVE = "No active session was found in this request."
 MESSAGE_SESSION_INACTIVE = "request does not have a valid authentication session"
+#: gorilla/securecookie v1.1.1's errMacInvalid, as `RefreshCookie` surfaces it (a plain error:
+#: herodot makes it a 500 with err.Error() as the message).
+MESSAGE_COOKIE_INVALID = "securecookie: the value is not valid"
 REASON_NATIVE_LOGOUT_403 = (
     "The provided Ory Session Token could not be found, is invalid, or otherwise malformed."
 )
@@ -110,16 +114,21 @@ class KratosError(Exception):
         details: dict[str, Any] | None = None,
         extra: dict[str, Any] | None = None,
         headers: list[tuple[str, str]] | None = None,
+        enhanced: bool = False,
     ) -> None:
         super().__init__(reason or message or str(code))
         self.code, self.id, self.reason, self.message = code, id, reason, message
         self.details, self.extra, self.headers = details, extra, headers or []
+        # An error with its own JSON (herodot's `EnhanceJSONError`) skips the enhancer that
+        # adds `X-Request-ID` as `error.request` (herodot v0.10.8 json.go:61-66).
+        self.enhanced = enhanced
 
 
 def go_json(value: Any) -> bytes:
-    """encoding/json's output: compact, with <, > and & escaped as Go does by default."""
+    """json.NewEncoder(w).Encode's output: compact, <, > and & escaped, and a final newline."""
     text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026").encode()
+    text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return text.encode() + b"\n"
 
 
 def http_date(value: datetime) -> str:
@@ -220,8 +229,8 @@ class KratosFake:
         self._passwords: dict[str, bytes] = {}
         admin_routes = self._admin_routes()
         public_routes = self._public_routes() + login_routes(self)
-        self._public = Router(routes=public_routes + (admin_routes if api_key else []))
-        self._admin = Router(routes=admin_routes)
+        self._public = GoMux(public_routes + (admin_routes if api_key else []))
+        self._admin = GoMux(admin_routes)
         self._admin_port = _AdminPort(self)
 
     # -- helper API for tests and users -----------------------------------------------------
@@ -363,7 +372,7 @@ class KratosFake:
         await self._dispatch(self._admin, scope, receive, send, public=False)
 
     async def _dispatch(
-        self, router: Router, scope: Scope, receive: Receive, send: Send, *, public: bool
+        self, router: GoMux, scope: Scope, receive: Receive, send: Send, *, public: bool
     ) -> None:
         if scope["type"] != "http":
             return
@@ -458,11 +467,12 @@ class KratosFake:
             id=err.id,
             reason=err.reason,
             message=err.message,
-            request_id=request.headers.get("x-request-id", ""),
+            request_id="" if err.enhanced else request.headers.get("x-request-id", ""),
             details=err.details,
             extra=err.extra,
         )
         body = body.replace(b"<", b"\\u003c").replace(b">", b"\\u003e").replace(b"&", b"\\u0026")
+        body += b"\n"  # herodot writes with json.NewEncoder (json.go:190)
         response = Response(body, status_code=err.code)
         response.raw_headers = [
             (b"content-length", str(len(body)).encode()),
@@ -557,6 +567,7 @@ class KratosFake:
             message=MESSAGE_AAL,
             details={"redirect_browser_to": url},
             extra={"redirect_browser_to": url},
+            enhanced=True,  # session/manager.go:64-71: ErrAALNotSatisfied.EnhanceJSONError
         )
 
     # -- public endpoints -------------------------------------------------------------------
@@ -571,7 +582,8 @@ class KratosFake:
         if not self.satisfies_aal(sess):
             raise self.aal_error()
         tokenized = None
-        template = go_get(request.query_params, "tokenize_as")
+        # handler.go:245-246: `Query().Get("tokenize_as")` and `!= ""`: empty means not asked
+        template = go_get(request.query_params, "tokenize_as") or None
         if template is not None:
             if template not in self.tokenizer.templates:
                 raise KratosError(400, reason=f'Unable to find tokenizer template "{template}".')
@@ -588,11 +600,16 @@ class KratosFake:
             remaining = (sess.expires_at - self.clock.now()).total_seconds()
             cache_for = min(remaining, self.cacheable_sessions_max_age.total_seconds())
             headers.append(("Ory-Session-Cache-For", str(max(int(cache_for), 0))))
-        assert found is not None
-        if found.source == "cookie" and (
-            found.cookie_expires_at is None or found.cookie_expires_at < sess.expires_at
-        ):
-            headers.append(("Set-Cookie", self.session_cookie(sess.token, sess.expires_at)))
+        # RefreshCookie (session/manager_http.go:113-136, called at handler.go:266) looks at any
+        # session cookie present, whichever credential won: undecodable → 500 (the headers set
+        # so far stay); older than the session → re-issued for the session that was found.
+        raw_cookie = first_cookie(request.headers, self.cookie_name)
+        if raw_cookie is not None:
+            decoded = self.cookies.decode(raw_cookie)
+            if decoded is None:
+                raise KratosError(500, message=MESSAGE_COOKIE_INVALID, headers=headers)
+            if decoded[1] is None or decoded[1] < sess.expires_at:
+                headers.append(("Set-Cookie", self.session_cookie(sess.token, sess.expires_at)))
         body = self.store.session_json(sess, identity="full", devices="list", tokenized=tokenized)
         return self.json_response(body, headers=headers)
 
@@ -661,7 +678,21 @@ class KratosFake:
     def _redirect_307(location: str, request: Request) -> Response:
         if request.url.query:
             location += "?" + request.url.query
-        return KratosFake.empty_response(307, headers=[("Location", location)])
+        return KratosFake.go_redirect(request, location, 307)
+
+    @staticmethod
+    def go_redirect(
+        request: Request, location: str, status: int, headers: list[tuple[str, str]] | None = None
+    ) -> Response:
+        """Go's `http.Redirect` (x/redir/port_redirect.go:26,40, logout/handler.go:377)."""
+        body, redirect_headers = go_redirect(location, status, request.method)
+        response = Response(body, status_code=status)
+        response.raw_headers = [
+            (k.lower().encode(), v.encode()) for k, v in [*redirect_headers, *(headers or [])]
+        ]
+        if body:
+            response.raw_headers.append((b"content-length", str(len(body)).encode()))
+        return response
 
     async def health(self, request: Request) -> Response:
         """Kratos' liveness and readiness probes, on both ports."""
@@ -673,7 +704,7 @@ class KratosFake:
         if is_json_request(request.headers):
             return self.error_response(request, err)
         location = f"{self.error_ui_url}?{urlencode({'id': str(uuid.uuid4())})}"
-        return self.empty_response(303, headers=[("Location", location)])
+        return self.go_redirect(request, location, 303)  # selfservice/errorx/manager.go:81
 
     def _return_to_allowed(self, return_to: str) -> str | None:
         target = urlsplit(urljoin(self.public_url + "/", return_to))
@@ -771,7 +802,7 @@ class KratosFake:
         location = (self._return_to_allowed(return_to) if return_to else None) or (
             self.default_browser_return_to
         )
-        return self.empty_response(303, headers=[("Location", location), *cookies])
+        return self.go_redirect(request, location, 303, headers=cookies)
 
     def _purge(self, request: Request) -> list[tuple[str, str]]:
         """PurgeFromRequest: revoke by Bearer if present, else by cookie (and clear it)."""
@@ -781,7 +812,7 @@ class KratosFake:
             return []
         raw = first_cookie(request.headers, self.cookie_name)
         decoded = self.cookies.decode(raw) if raw is not None else None
-        if decoded is None:
+        if decoded is None or not decoded[0]:
             return []  # found through X-Session-Token only: nothing revoked, still success
         self._revoke_token(decoded[0])
         return [("Set-Cookie", self.expired_session_cookie())]

@@ -61,14 +61,16 @@ class CookieCodec:
         return self._fernet.encrypt(json.dumps(payload).encode()).decode()
 
     def decode(self, value: str) -> tuple[str, datetime | None] | None:
-        """(token, expiry stored in the cookie), or None when it cannot be decoded."""
+        """(token, expiry stored in the cookie), or None when it cannot be decoded (securecookie's
+        "the value is not valid"). The token is "" in a cookie that holds none."""
         try:
             payload = json.loads(self._fernet.decrypt(value.encode()))
         except (InvalidToken, ValueError, UnicodeError):
             return None
-        token = payload.get("session_token") if isinstance(payload, dict) else None
-        if not isinstance(token, str) or not token:
+        if not isinstance(payload, dict):
             return None
+        token = payload.get("session_token")
+        token = token if isinstance(token, str) else ""
         stamp = payload.get("expires_at")
         expiry = datetime.fromtimestamp(stamp, UTC) if isinstance(stamp, int | float) else None
         return token, expiry
@@ -81,7 +83,7 @@ def find_token(headers: Headers, cookie_name: str, codec: CookieCodec) -> FoundT
     cookie = first_cookie(headers, cookie_name)
     if cookie is not None:
         decoded = codec.decode(cookie)
-        if decoded is not None:
+        if decoded is not None and decoded[0]:
             return FoundToken(decoded[0], "cookie", decoded[1])
     bearer = bearer_token(headers)
     if bearer:
