@@ -31,9 +31,10 @@ def test_the_extract_records_its_source_and_holds_every_served_path() -> None:
 @pytest.mark.skipif(not FULL, reason="Kratos' full openapi.json is not beside this checkout")
 def test_the_extract_is_regenerated_from_kratos_spec_unchanged() -> None:
     raw = FULL[0].read_bytes()
-    assert hashlib.sha256(raw).hexdigest() == json.loads(extract.OUTPUT.read_text())["x-source"][
-        "sha256"
-    ]
+    assert (
+        hashlib.sha256(raw).hexdigest()
+        == json.loads(extract.OUTPUT.read_text())["x-source"]["sha256"]
+    )
     fresh = extract.extract(json.loads(raw), hashlib.sha256(raw).hexdigest())
     assert fresh == json.loads(extract.OUTPUT.read_text())
 
