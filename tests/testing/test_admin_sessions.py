@@ -352,6 +352,63 @@ async def test_list_sessions_page_token_with_non_uuid_id_is_400(kratos):
     )
 
 
+def raw_token(text: str) -> str:
+    """A keyset token as Kratos writes it: RawStdEncoding, no padding (page_token.go:50)."""
+    return base64.b64encode(text.encode()).decode().rstrip("=")
+
+
+async def test_list_sessions_first_non_empty_page_size_and_token_win(kratos):
+    """keysetpagination/header.go:93,104: `cmp.Or(q["page_token"]...)`, likewise page_size:
+    empty values are skipped, then the first one wins."""
+    sids = make_sessions(kratos.fake, 3)
+    r = await kratos.admin.get("/admin/sessions?page_size=&page_size=1&page_size=abc")
+    assert r.status_code == 200
+    assert ids(r) == sids[:1]
+    token = query_of(links(r)["next"])["page_token"][0]
+    r = await kratos.admin.get(
+        f"/admin/sessions?page_size=2&page_token=&page_token={token}&page_token=garbage"
+    )
+    assert r.status_code == 200
+    assert ids(r) == sids[1:3]
+
+
+@pytest.mark.parametrize("size", ["9223372036854775808", "-9223372036854775809", "1e3"])
+async def test_list_sessions_page_size_out_of_int_range_is_400(kratos, size):
+    """strconv.Atoi fails outside int64 (header.go:105-108): the page_size 400."""
+    r = await kratos.admin.get("/admin/sessions", params={"page_size": size})
+    assert_error(r, bad_request("could not parse parameter page_size"))
+
+
+async def test_list_sessions_padded_page_token_is_400(kratos):
+    """NewMapPageToken decodes with RawStdEncoding (page_token.go:54): `=` padding fails."""
+    make_sessions(kratos.fake, 1)
+    padded = base64.b64encode(f"id={NIL_UUID}/created_at=2020-01-01 00:00:00".encode()).decode()
+    assert padded.endswith("=")
+    r = await kratos.admin.get("/admin/sessions", params={"page_token": padded})
+    assert_error(r, bad_request("could not parse parameter page_size"))
+
+
+async def test_list_sessions_token_without_created_at_pages_by_id(kratos):
+    """paginator.go:116-121: a token with an id but no created_at filters `id > ?` and orders
+    by id alone (line 163)."""
+    sids = make_sessions(kratos.fake, 4)
+    pivot = sorted(sids)[1]
+    r = await kratos.admin.get("/admin/sessions", params={"page_token": raw_token(f"id={pivot}")})
+    assert r.status_code == 200
+    assert ids(r) == sorted(sids)[2:]
+
+
+async def test_list_sessions_checks_expand_before_the_token_id(kratos):
+    """session/handler.go adminListSessions parses `expand` before the persister checks the
+    token's id (persistence/sql/persister_session.go:82-84)."""
+    token = raw_token("id=not-a-uuid/created_at=2020-01-01 00:00:00")
+    r = await kratos.admin.get("/admin/sessions", params={"page_token": token, "expand": "x"})
+    assert_error(r, bad_request(reason="Could not parse expand option: x"))
+    # ... but a token that does not even decode is refused before expand (header.go:98-101)
+    r = await kratos.admin.get("/admin/sessions", params={"page_token": "!!!", "expand": "x"})
+    assert_error(r, bad_request("could not parse parameter page_size"))
+
+
 @pytest.mark.parametrize("value", ["true", "1", "t", "T", "TRUE", "True"])
 async def test_list_sessions_active_true_keeps_unrevoked_unexpired(kratos, value):
     s = mixed_states(kratos.fake)

@@ -423,7 +423,22 @@ async def test_non_numeric_sizes_fall_back_to_250(kratos, query):
     assert "page_size=3&" in link  # total <= 250: one `first` link with page size = total
 
 
-@pytest.mark.parametrize("token", ["!!!", "not-a-token", "e30", "eyJvZmZzZXQiOiJ4In0", "%%%"])
+@pytest.mark.parametrize(
+    "token",
+    [
+        "!!!",
+        "not-a-token",
+        "e30",
+        "eyJvZmZzZXQiOiJ4In0",
+        "%%%",
+        # {"offset":"4","v":2} padded: RawURLEncoding refuses it, so offset 0, never a 400
+        # (oryx/pagination/tokenpagination/pagination.go:16-22, 38-40)
+        "eyJvZmZzZXQiOiI0IiwidiI6Mn0%3D",
+        # {"offset":"-2","v":2}: a negative offset is page 0 (pagination.go:52-57), the same
+        # page and links as the first page
+        "eyJvZmZzZXQiOiItMiIsInYiOjJ9",
+    ],
+)
 async def test_malformed_page_token_counts_as_offset_0(kratos, token):
     current, others = seed_others(kratos.fake, 5)
 

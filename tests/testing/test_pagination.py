@@ -97,10 +97,15 @@ def test_malformed_offset_token_is_offset_0(token):
     assert decode_offset_token(token) == 0
 
 
-def test_decode_accepts_padded_token():
+def test_padded_token_does_not_decode_and_counts_as_offset_0():
+    """oryx/pagination/tokenpagination/pagination.go:16-22: RawURLEncoding rejects `=`; the
+    error is dropped at line 39, so the offset stays 0 (never a 400)."""
     padded = base64.urlsafe_b64encode(b'{"offset":"250","v":2}').decode()
     assert padded.endswith("=")
-    assert decode_offset_token(padded) == 250
+    assert decode_offset_token(padded) == 0
+    assert decode_offset_token(padded.rstrip("=")) == 250
+    # the standard alphabet is not the URL one
+    assert decode_offset_token(encode_offset_token(250).replace("-", "+")) in (0, 250)
 
 
 # -- go_atoi / go_query_encode -----------------------------------------------------------------
@@ -171,7 +176,13 @@ def test_go_query_encode_empty():
         (f"page_size=2&page_token={tok(5)}", 2, 2),  # integer division
         (f"page_size=3&page_token={tok(2)}", 0, 3),
         (f"page_token={tok(500)}", 2, 250),  # page_token alone: size 250
-        (f"page_token={tok(-250)}", -1, 250),
+        # tokenpagination/pagination.go:52-57: only a positive offset moves the page
+        (f"page_token={tok(-250)}", 0, 250),
+        (f"page_token={tok(-1)}", 0, 250),
+        # ParseInt(…, 10, 0) out of the int64 range is an error → the default
+        ("page_size=9223372036854775808", 0, 250),
+        ("page_size=9223372036854775807", 0, MAX_PAGE_SIZE),
+        (f"page_size=2&page_token={tok(4).rstrip('=')}=", 0, 2),  # padded: offset 0
         ("page_token=garbage&page_size=2", 0, 2),
         ("page_size=2000", 0, MAX_PAGE_SIZE),
         ("page_size=1000", 0, 1000),
@@ -197,6 +208,11 @@ def test_go_query_encode_empty():
         ("per_page=-1", 0, 1),
         ("per_page=x", 0, 250),
         ("page=2&per_page=", 2, 250),
+        # pagepagination/pagination.go:23-31: a page that does not parse as an int is page 0
+        ("page=1.5&per_page=10", 0, 10),
+        ("page=99999999999999999999&per_page=10", 0, 10),
+        ("page=%2B2&per_page=10", 2, 10),  # ParseInt takes a sign; a bare "+" is a space
+        ("per_page=99999999999999999999", 0, 250),
     ],
 )
 def test_migration_parse(query, page, per_page):
@@ -390,8 +406,33 @@ def test_keyset_decodes_kratos_first_token_without_fraction():
 
 def test_keyset_uppercase_uuid_is_normalised():
     raw = f"id={SID.upper()}/created_at=2024-05-06 07:08:09"
-    token = base64.b64encode(raw.encode()).decode()
+    token = base64.b64encode(raw.encode()).decode().rstrip("=")
     assert KeysetToken.decode(token).id == SID
+
+
+@pytest.mark.parametrize("form", [SID.replace("-", ""), "{" + SID + "}", "urn:uuid:" + SID])
+def test_keyset_token_id_is_any_gofrs_form(form):
+    """persistence/sql/persister_session.go:82-84 checks the id with gofrs' FromString."""
+    raw = f"id={form}/created_at=2024-05-06 07:08:09"
+    assert KeysetToken.decode(base64.b64encode(raw.encode()).decode().rstrip("=")).id == SID
+
+
+def test_keyset_padded_token_is_a_parse_error():
+    """keysetpagination/page_token.go:54: RawStdEncoding does not take `=` padding."""
+    raw = f"id={SID}/created_at=2024-05-06 07:08:09"
+    padded = base64.b64encode(raw.encode()).decode()
+    assert padded.endswith("=")
+    with pytest.raises(PageTokenError) as exc:
+        KeysetToken.decode(padded)
+    assert exc.value.kind == "parse"
+
+
+def test_keyset_token_without_created_at_pages_by_id_alone():
+    """keysetpagination/paginator.go:116-121: no `created_at` part → `id > ?` only."""
+    token = KeysetToken.decode(base64.b64encode(f"id={SID}".encode()).decode().rstrip("="))
+    assert token.created_at is None
+    assert token.admits(datetime(1999, 1, 1, tzinfo=UTC), "f" * 8 + SID[8:])
+    assert not token.admits(datetime(1999, 1, 1, tzinfo=UTC), "0" * 8 + SID[8:])
 
 
 @pytest.mark.parametrize("token", ["!!!", "not base64!", "a", "%%%%", "____"])

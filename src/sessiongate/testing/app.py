@@ -44,6 +44,7 @@ from sessiongate.testing.pagination import (
     MigrationPage,
     PageTokenError,
     go_atoi,
+    go_first_nonempty,
     go_get,
     keyset_link_header,
 )
@@ -888,28 +889,39 @@ class KratosFake:
         """§4.5 GET /admin/sessions (listSessions): keyset pagination, no X-Total-Count."""
         query = request.query_params
         active = self._active_filter(request)  # parsed before pagination, as Kratos does
-        size = 250
-        if "page_size" in query:
-            parsed = go_atoi(go_get(query, "page_size"))
-            if parsed is None:
-                raise KratosError(400, message="could not parse parameter page_size")
-            size = 250 if parsed <= 0 else min(parsed, 1000)
-        token = KeysetToken.first()
-        if go_get(query, "page_token"):
+        # keysetpagination.Parse (oryx/pagination/keysetpagination/header.go:91-112): the first
+        # non-empty page_token, then page_size (strconv.Atoi); either failing is this 400
+        # (session/handler.go adminListSessions).
+        bad_size = KratosError(400, message="could not parse parameter page_size")
+        parts = None
+        if token_text := go_first_nonempty(query, "page_token"):
             try:
-                token = KeysetToken.decode(go_get(query, "page_token") or "")
+                parts = KeysetToken.parse(token_text)
             except PageTokenError as err:
-                if err.kind == "parse":
-                    raise KratosError(400, message="could not parse parameter page_size") from err
+                raise bad_size from err
+        size = 250
+        if size_text := go_first_nonempty(query, "page_size"):
+            parsed = go_atoi(size_text)
+            if parsed is None:
+                raise bad_size
+            size = 250 if parsed <= 0 else min(parsed, 1000)
+        expand = self._expand(request)  # before the persister looks at the token's id
+        token = KeysetToken.first()
+        if parts is not None:
+            try:
+                token = KeysetToken.from_parts(parts)
+            except PageTokenError as err:
                 raise KratosError(
                     400, reason="The page token is invalid, do not craft your own page tokens"
                 ) from err
-        expand = self._expand(request)
         rows = [
             s
             for s in self.store.all_sessions()
             if self._matches_active(s, active) and token.admits(s.created_at, s.id)
-        ][: size + 1]
+        ]
+        if token.created_at is None:  # paginator.go:116-121,163: then ORDER BY id ASC alone
+            rows.sort(key=lambda s: s.id)
+        rows = rows[: size + 1]
         next_token = None
         if len(rows) > size:
             rows = rows[:size]

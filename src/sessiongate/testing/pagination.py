@@ -11,12 +11,15 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import quote_plus
 
 from starlette.datastructures import QueryParams
+
+from sessiongate.uuids import InvalidUUID, parse_uuid
 
 DEFAULT_PAGE_SIZE = 250
 MAX_PAGE_SIZE = 1000
@@ -29,21 +32,47 @@ def go_get(query: QueryParams, key: str, default: str | None = None) -> str | No
     return values[0] if values else default
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
 def go_atoi(text: str | None) -> int | None:
-    """strconv.Atoi: optional sign and decimal digits only."""
+    """strconv.Atoi / ParseInt(s, 10, 0) on 64 bits: optional sign, decimal digits, in range."""
     if text is None:
         return None
     body = text[1:] if text[:1] in "+-" else text
     if not body or not body.isascii() or not body.isdigit():
         return None
-    return int(text)
+    value = int(text)
+    return value if INT64_MIN <= value <= INT64_MAX else None
+
+
+def go_first_nonempty(query: QueryParams, key: str) -> str:
+    """`cmp.Or(q[key]...)`: the first non-empty value of a repeated key, or ""."""
+    return next((v for v in query.getlist(key) if v), "")
 
 
 def _clamp_size(text: str | None) -> int:
+    """Unparsable (or out of int range) → 250, then clamped to [1, 1000]
+    (oryx/pagination/tokenpagination/pagination.go:41-51, pagepagination/pagination.go:32-46)."""
     size = go_atoi(text)
     if size is None:
         return DEFAULT_PAGE_SIZE
     return max(1, min(size, MAX_PAGE_SIZE))
+
+
+_RAW_URL_B64 = re.compile(r"^[A-Za-z0-9_-]*$")
+_RAW_STD_B64 = re.compile(r"^[A-Za-z0-9+/]*$")
+
+
+def _go_raw_b64decode(token: str, alphabet: re.Pattern[str], *, urlsafe: bool) -> bytes:
+    """Go's `base64.Raw{URL,Std}Encoding.DecodeString`: no padding accepted, CR/LF skipped."""
+    token = token.replace("\r", "").replace("\n", "")
+    if not alphabet.match(token) or len(token) % 4 == 1:
+        raise binascii.Error("illegal base64 data")
+    padded = token + "=" * (-len(token) % 4)
+    if urlsafe:
+        return base64.urlsafe_b64decode(padded)
+    return base64.b64decode(padded, validate=True)
 
 
 def _trunc_div(a: int, b: int) -> int:
@@ -57,12 +86,35 @@ def encode_offset_token(offset: int) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+_HEX2 = re.compile(r"[0-9A-Fa-f]{2}")
+
+
+def _go_query_unescape(text: str) -> str:
+    """url.QueryUnescape: `+` is a space, `%XX` a byte; a bad escape is an error."""
+    out = bytearray()
+    i = 0
+    raw = text.encode("utf-8", errors="surrogateescape")
+    while i < len(raw):
+        c = raw[i]
+        if c == 0x25:  # %
+            pair = raw[i + 1 : i + 3].decode("latin-1")
+            if not _HEX2.fullmatch(pair):
+                raise ValueError("invalid URL escape")
+            out.append(int(pair, 16))
+            i += 3
+            continue
+        out.append(0x20 if c == 0x2B else c)
+        i += 1
+    return out.decode("utf-8", errors="surrogateescape")
+
+
 def decode_offset_token(token: str | None) -> int:
-    """A missing or malformed token counts as offset 0."""
+    """A missing or malformed token counts as offset 0 (tokenpagination/pagination.go:16-22,
+    38-40: RawURLEncoding, so a `=`-padded token does not decode; the error is dropped)."""
     if not token:
         return 0
     try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        raw = _go_raw_b64decode(token, _RAW_URL_B64, urlsafe=True)
         value = go_atoi(str(json.loads(raw)["offset"]))
     except (ValueError, KeyError, TypeError, binascii.Error):
         return 0
@@ -91,7 +143,9 @@ class MigrationPage:
         if "page_token" in query or "page_size" in query:
             per_page = _clamp_size(go_get(query, "page_size"))
             offset = decode_offset_token(go_get(query, "page_token"))
-            return cls(page=_trunc_div(offset, per_page), per_page=per_page)
+            # tokenpagination/pagination.go:52-57: only a positive offset moves the page
+            return cls(page=offset // per_page if offset > 0 else 0, per_page=per_page)
+        # pagepagination/pagination.go:23-31,47-49: unparsable (or out of range) → page 0
         page = go_atoi(go_get(query, "page")) or 0
         return cls(page=max(page, 0), per_page=_clamp_size(go_get(query, "per_page")))
 
@@ -152,11 +206,12 @@ class PageTokenError(ValueError):
 @dataclass(frozen=True)
 class KeysetToken:
     id: str
-    created_at: datetime
+    created_at: datetime | None
 
     def encode(self) -> str:
         # Go's `.99999` layout trims trailing zeros and the dot, so the first-page token reads
         # `2200-12-31 23:59:59` (CONTRACT §8.2). Kept at 6 digits: Kratos' 5 would skip rows.
+        assert self.created_at is not None  # only tokens of real rows are encoded
         stamp = self.created_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
         stamp = stamp.rstrip("0").rstrip(".")
         raw = f"id={self.id}/created_at={stamp}".encode()
@@ -167,27 +222,46 @@ class KeysetToken:
         return cls(str(uuid.UUID(int=0)), KEYSET_FIRST_TOKEN_TIME)
 
     @classmethod
-    def decode(cls, token: str) -> KeysetToken:
+    def parse(cls, token: str) -> dict[str, str]:
+        """keysetpagination.Parse + NewMapPageToken (oryx/pagination/keysetpagination/
+        header.go:93-102, page_token.go:53-69): the value is query-unescaped once more, then
+        RawStdEncoding (no padding); `k=v` parts split on `/`. Failing here is "parse"."""
         try:
-            raw = base64.b64decode(token + "=" * (-len(token) % 4), validate=True).decode()
-        except (binascii.Error, UnicodeDecodeError) as exc:
+            raw = _go_raw_b64decode(_go_query_unescape(token), _RAW_STD_B64, urlsafe=False)
+        except (binascii.Error, ValueError) as exc:
             raise PageTokenError("parse") from exc
-        parts = dict(p.split("=", 1) for p in raw.split("/") if "=" in p)
+        text = raw.decode("utf-8", errors="replace")
+        return dict(p.split("=", 1) for p in text.split("/") if "=" in p)
+
+    @classmethod
+    def from_parts(cls, parts: dict[str, str]) -> KeysetToken:
+        """The persister's checks (persistence/sql/persister_session.go:82-84): the `id` must
+        parse as a gofrs UUID. A token without `created_at` pages by `id > ?` alone
+        (keysetpagination/paginator.go:116-121): `created_at` is then None."""
         try:
-            ident = str(uuid.UUID(parts.get("id", "")))
-        except ValueError as exc:
+            ident = parse_uuid(parts.get("id", ""))
+        except InvalidUUID as exc:
             raise PageTokenError("invalid") from exc
+        if "created_at" not in parts:
+            return cls(ident, None)
         try:
-            created = datetime.strptime(parts.get("created_at", ""), "%Y-%m-%d %H:%M:%S.%f")
+            created = datetime.strptime(parts["created_at"], "%Y-%m-%d %H:%M:%S.%f")
         except ValueError:
             try:
-                created = datetime.strptime(parts.get("created_at", ""), "%Y-%m-%d %H:%M:%S")
+                created = datetime.strptime(parts["created_at"], "%Y-%m-%d %H:%M:%S")
             except ValueError as exc:
                 raise PageTokenError("invalid") from exc
         return cls(ident, created.replace(tzinfo=UTC))
 
+    @classmethod
+    def decode(cls, token: str) -> KeysetToken:
+        return cls.from_parts(cls.parse(token))
+
     def admits(self, created_at: datetime, session_id: str) -> bool:
-        """`created_at < t.created_at OR (created_at = t.created_at AND id > t.id)`."""
+        """`created_at < t.created_at OR (created_at = t.created_at AND id > t.id)`, or only
+        `id > t.id` when the token has no `created_at`."""
+        if self.created_at is None:
+            return session_id > self.id
         return created_at < self.created_at or (
             created_at == self.created_at and session_id > self.id
         )
