@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import secrets
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any, Literal
 from urllib.parse import urlencode, urljoin, urlsplit
@@ -85,6 +86,9 @@ REASON_NATIVE_LOGOUT_403 = (
 REASON_LOGOUT_TOKEN_MISMATCH = (
     "Unable to log out because the logout token in the URL query does not match the session cookie."
 )
+
+_TOKEN_TEXT = re.compile(r"^[!-~]+$")
+_COOKIE_VALUE = re.compile(r"^[!#-+\--:<-\[\]-~]+$")  # RFC 6265 cookie-octet
 
 _GO_BOOLS = {
     "1": True,
@@ -199,6 +203,7 @@ class KratosFake:
         default_browser_return_to: str | None = None,
         error_ui_url: str | None = None,
         tokenize_templates: dict[str, TokenizeTemplate] | None = None,
+        now: datetime | None = None,
     ) -> None:
         self.public_url = public_url.rstrip("/")
         self.api_key = api_key
@@ -219,6 +224,8 @@ class KratosFake:
         self.error_ui_url = error_ui_url or self.public_url + "/error"
         self.csrf_cookie_name = "csrf_token_" + hashlib.sha256(self.public_url.encode()).hexdigest()
         self.clock = Clock()
+        if now is not None:  # a fixed start: the clock stands still until advanced
+            self.clock.set(now, frozen=True)
         self.store = Store(self.clock, self.public_url)
         self.cookies = CookieCodec()
         self.tokenizer = Tokenizer(
@@ -244,8 +251,10 @@ class KratosFake:
         available_aal: AAL = "aal1",
         external_id: str = "",
         metadata_public: Any = None,
+        identity_id: str | None = None,
     ) -> str:
-        """Add an identity; returns its id. `available_aal="aal2"` means it has a 2nd factor."""
+        """Add an identity; returns its id. `available_aal="aal2"` means it has a 2nd factor;
+        `identity_id` fixes the id (any form gofrs/uuid reads; stored canonical)."""
         traits = dict(traits or {})
         if email is not None:
             traits.setdefault("email", email)
@@ -255,6 +264,7 @@ class KratosFake:
             available_aal=available_aal,
             external_id=external_id,
             metadata_public=metadata_public,
+            identity_id=parse_uuid(identity_id) if identity_id is not None else None,
         ).id
 
     def set_password(self, identity_id: str, password: str) -> None:
@@ -281,8 +291,27 @@ class KratosFake:
         aal: AAL = "aal1",
         expires_in: timedelta | None = None,
         devices: list[dict[str, str | None]] | None = None,
+        session_id: str | None = None,
+        token: str | None = None,
+        logout_token: str | None = None,
+        cookie: str | None = None,
+        active: bool = True,
+        expires_at: datetime | None = None,
     ) -> CreatedSession:
-        """Log the identity in: returns the session id, token, cookie value and logout token."""
+        """Log the identity in: returns the session id, token, cookie value and logout token.
+
+        Everything random can be fixed: `session_id`, `token`, `logout_token`, `cookie` (the
+        cookie value the fake will accept for this session). `active=False` makes a revoked
+        session; `expires_in` ≤ 0 (or an `expires_at` in the past) an expired one."""
+        if expires_in is not None and expires_at is not None:
+            raise ValueError("give expires_in or expires_at, not both")
+        for name, value in (("token", token), ("logout_token", logout_token)):
+            if value is not None and not _TOKEN_TEXT.match(value):
+                raise ValueError(f"{name} must be visible ASCII without spaces")
+        if cookie is not None and (not _COOKIE_VALUE.match(cookie) or cookie in self.cookies.fixed):
+            raise ValueError("cookie must be a new RFC 6265 cookie value")
+        if expires_at is not None and expires_at.tzinfo is None:
+            expires_at = expires_at.replace(tzinfo=UTC)
         device_list = [
             Device(
                 str(uuid.uuid4()),
@@ -295,14 +324,21 @@ class KratosFake:
         sess = self.store.add_session(
             identity_id,
             aal=aal,
-            lifespan=expires_in or self.session_lifespan,
+            lifespan=expires_in if expires_in is not None else self.session_lifespan,
             devices=device_list,
+            session_id=parse_uuid(session_id) if session_id is not None else None,
+            token=token,
+            logout_token=logout_token,
+            active=active,
+            expires_at=expires_at,
         )
+        if cookie is not None:
+            self.cookies.fixed[cookie] = (sess.token, sess.expires_at)
         return CreatedSession(
             id=sess.id,
             identity_id=identity_id,
             token=sess.token,
-            cookie=self.cookies.encode(sess.token, sess.expires_at),
+            cookie=cookie or self.cookies.encode(sess.token, sess.expires_at),
             logout_token=sess.logout_token,
         )
 
@@ -327,8 +363,23 @@ class KratosFake:
     def set_identity_state(self, identity_id: str, state: IdentityState) -> None:
         self.store.set_identity_state(identity_id, state)
 
-    def advance_clock(self, seconds: float) -> None:
+    def advance_clock(self, seconds: float | timedelta) -> None:
+        """Move the fake's time forward (sessions expire, extend windows open)."""
         self.clock.advance(seconds)
+
+    def set_clock(self, when: datetime, *, frozen: bool = True) -> None:
+        """Jump the fake's time to `when`; frozen (the default) keeps it there until advanced."""
+        self.clock.set(when, frozen=frozen)
+
+    def now(self) -> datetime:
+        """The fake's current time."""
+        return self.clock.now()
+
+    def load_seed(self, seed: Any) -> list[tuple[str, CreatedSession]]:
+        """Apply a seed: a YAML file path, a dict in the seed format, or a `Seed`."""
+        from sessiongate.testing.seed import apply_seed, as_seed  # seed.py imports this module
+
+        return apply_seed(self, as_seed(seed))
 
     def session(self, session_id: str) -> Session:
         return self.store.sessions[session_id]

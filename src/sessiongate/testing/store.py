@@ -38,24 +38,45 @@ def go_time(value: datetime) -> str:
 
 
 class Clock:
-    """Wall-clock time plus an offset that tests move forward; thread-safe enough for a fake."""
+    """Wall-clock time plus an offset that tests move, or a frozen instant that moves only when
+    told to; thread-safe enough for a fake."""
 
     def __init__(self) -> None:
         self._offset = timedelta(0)
+        self._frozen_at: datetime | None = None
         self._last = datetime.min.replace(tzinfo=UTC)
         self._lock = threading.Lock()
 
-    def now(self) -> datetime:
-        return datetime.now(UTC) + self._offset
+    @property
+    def frozen(self) -> bool:
+        return self._frozen_at is not None
 
-    def advance(self, seconds: float) -> None:
+    def now(self) -> datetime:
+        frozen = self._frozen_at
+        return frozen if frozen is not None else datetime.now(UTC) + self._offset
+
+    def advance(self, seconds: float | timedelta) -> None:
+        delta = seconds if isinstance(seconds, timedelta) else timedelta(seconds=seconds)
         with self._lock:
-            self._offset += timedelta(seconds=seconds)
+            if self._frozen_at is not None:
+                self._frozen_at += delta
+            else:
+                self._offset += delta
+
+    def set(self, when: datetime, *, frozen: bool = True) -> None:
+        """Jump to `when` (naive means UTC); frozen: time stands still there until advanced."""
+        when = when if when.tzinfo else when.replace(tzinfo=UTC)
+        with self._lock:
+            if frozen:
+                self._frozen_at = when.astimezone(UTC)
+            else:
+                self._frozen_at = None
+                self._offset = when - datetime.now(UTC)
 
     def tick(self) -> datetime:
         """A strictly increasing `now`, so `created_at` ordering is total as in a database."""
         with self._lock:
-            now = datetime.now(UTC) + self._offset
+            now = self.now()
             if now <= self._last:
                 now = self._last + timedelta(microseconds=1)
             self._last = now
@@ -199,6 +220,8 @@ class Store:
         metadata_public: Any = None,
         identity_id: str | None = None,
     ) -> Identity:
+        if identity_id is not None and identity_id in self.identities:
+            raise ValueError(f"identity {identity_id} exists already")
         now = self.clock.tick()
         ident = Identity(
             id=identity_id or str(uuid.uuid4()),
@@ -231,17 +254,23 @@ class Store:
         lifespan: timedelta,
         devices: list[Device],
         methods: list[AuthMethod] | None = None,
+        session_id: str | None = None,
+        token: str | None = None,
+        logout_token: str | None = None,
+        active: bool = True,
+        expires_at: datetime | None = None,
     ) -> Session:
+        """A session row; `lifespan` may be ≤ 0 (already expired), `expires_at` overrides it."""
         now = self.clock.tick()
         if methods is None:
             methods = _methods_for(aal, now)
         sess = Session(
-            id=str(uuid.uuid4()),
-            token=new_token("ory_st_"),
-            logout_token=new_token("ory_lo_"),
+            id=session_id or str(uuid.uuid4()),
+            token=token or new_token("ory_st_"),
+            logout_token=logout_token or new_token("ory_lo_"),
             identity_id=identity_id,
-            active=True,
-            expires_at=now + lifespan,
+            active=active,
+            expires_at=expires_at if expires_at is not None else now + lifespan,
             authenticated_at=now,
             issued_at=now,
             created_at=now,
@@ -251,6 +280,12 @@ class Store:
         with self.lock:
             if identity_id not in self.identities:
                 raise KeyError(f"no identity {identity_id}")
+            if sess.id in self.sessions:
+                raise ValueError(f"session {sess.id} exists already")
+            if sess.token in self._by_token:
+                raise ValueError("that session token is in use already")
+            if any(s.logout_token == sess.logout_token for s in self.sessions.values()):
+                raise ValueError("that logout token is in use already")
             self.sessions[sess.id] = sess
             self._by_token[sess.token] = sess.id
         return sess
