@@ -104,6 +104,24 @@ async def test_cross_port_redirect_is_gos_http_redirect(method, body, content_ty
     assert r.headers.get("content-type") == content_type
 
 
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/self-service/logout/browser"),
+        ("DELETE", "/self-service/logout/api"),
+        ("GET", "/self-service/logout?token=x"),
+    ],
+)
+async def test_admin_port_sends_logout_to_the_public_port(method, path):
+    """selfservice/flow/logout/handler.go:65-67 registers the three logout routes on the admin
+    router as RedirectToPublicRoute (307)."""
+    fake = KratosFake()
+    async with client(fake.admin_app, fake.admin_url) as c:
+        r = await c.request(method, path)
+    assert r.status_code == 307
+    assert r.headers["location"] == fake.public_url + path
+
+
 async def test_json_bodies_end_with_the_encoders_newline():
     """herodot writes with json.NewEncoder(w).Encode (herodot v0.10.8 json.go:190 for errors,
     and JSONWriter.Write for results), which ends every document with "\\n"."""

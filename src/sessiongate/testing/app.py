@@ -486,6 +486,12 @@ class KratosFake:
                 a(self.delete_identity_sessions),
                 methods=["DELETE"],
             ),
+            # selfservice/flow/logout/handler.go:65-67: the admin port sends logout to public
+            Route(
+                "/admin/self-service/logout/browser", a(self.redirect_to_public), methods=["GET"]
+            ),
+            Route("/admin/self-service/logout/api", a(self.redirect_to_public), methods=["DELETE"]),
+            Route("/admin/self-service/logout", a(self.redirect_to_public), methods=["GET"]),
             Route("/admin/health/alive", self.health, methods=["GET"]),
             Route("/admin/health/ready", self.health, methods=["GET"]),
         ]
