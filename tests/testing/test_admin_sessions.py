@@ -581,7 +581,7 @@ async def test_get_session_whoami_redirects_to_public_whoami(kratos):
     r = await kratos.admin.get("/admin/sessions/whoami")
     assert r.status_code == 307
     assert r.headers["location"] == f"{PUBLIC_URL}/sessions/whoami"
-    # x/redir/port_redirect.go:40 is Go's http.Redirect: on GET, a small HTML body
+    # x/redir/port_redirect.go:39 is Go's http.Redirect: on GET, a small HTML body
     location = f"{PUBLIC_URL}/sessions/whoami"
     assert r.content == f'<a href="{location}">Temporary Redirect</a>.\n\n'.encode()
     assert r.headers["content-type"] == "text/html; charset=utf-8"

@@ -28,7 +28,7 @@ def client(app, base_url: str) -> httpx.AsyncClient:  # type: ignore[no-untyped-
         ("PATCH", "/sessions", "DELETE, GET, HEAD"),
         # only DELETE /sessions/{id} (handler.go:97)
         ("GET", "/sessions/00000000-0000-0000-0000-000000000000", "DELETE"),
-        # whoami has 8 methods (handler.go:91-93); DELETE reaches /sessions/{id} instead
+        # whoami has 8 methods (handler.go:92-93); DELETE reaches /sessions/{id} instead
         ("PUT", "/self-service/logout/api", "DELETE"),
         ("POST", "/self-service/logout", "GET, HEAD"),
     ],

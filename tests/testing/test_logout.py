@@ -377,7 +377,7 @@ async def test_logout_for_browser_redirects_to_default_return(kratos):
         headers={**HTML, **cookie(kratos, alice)},
     )
     assert r.status_code == 303
-    # selfservice/flow/logout/handler.go:377 is Go's http.Redirect
+    # selfservice/flow/logout/handler.go:376 is Go's http.Redirect
     assert r.content == f'<a href="{kratos.fake.public_url}/">See Other</a>.\n\n'.encode()
     assert r.headers["location"] == kratos.fake.public_url + "/"
     assert not kratos.fake.is_session_active(alice.id)

@@ -432,9 +432,9 @@ async def test_non_numeric_sizes_fall_back_to_250(kratos, query):
         "eyJvZmZzZXQiOiJ4In0",
         "%%%",
         # {"offset":"4","v":2} padded: RawURLEncoding refuses it, so offset 0, never a 400
-        # (oryx/pagination/tokenpagination/pagination.go:16-22, 38-40)
+        # (oryx/pagination/tokenpagination/pagination.go:25-31, 54-56)
         "eyJvZmZzZXQiOiI0IiwidiI6Mn0%3D",
-        # {"offset":"-2","v":2}: a negative offset is page 0 (pagination.go:52-57), the same
+        # {"offset":"-2","v":2}: a negative offset is page 0 (pagination.go:72-78), the same
         # page and links as the first page
         "eyJvZmZzZXQiOiItMiIsInYiOjJ9",
     ],

@@ -98,8 +98,8 @@ def test_malformed_offset_token_is_offset_0(token):
 
 
 def test_padded_token_does_not_decode_and_counts_as_offset_0():
-    """oryx/pagination/tokenpagination/pagination.go:16-22: RawURLEncoding rejects `=`; the
-    error is dropped at line 39, so the offset stays 0 (never a 400)."""
+    """oryx/pagination/tokenpagination/pagination.go:25-31: RawURLEncoding rejects `=`; the
+    error is dropped at line 55, so the offset stays 0 (never a 400)."""
     padded = base64.urlsafe_b64encode(b'{"offset":"250","v":2}').decode()
     assert padded.endswith("=")
     assert decode_offset_token(padded) == 0
@@ -176,7 +176,7 @@ def test_go_query_encode_empty():
         (f"page_size=2&page_token={tok(5)}", 2, 2),  # integer division
         (f"page_size=3&page_token={tok(2)}", 0, 3),
         (f"page_token={tok(500)}", 2, 250),  # page_token alone: size 250
-        # tokenpagination/pagination.go:52-57: only a positive offset moves the page
+        # tokenpagination/pagination.go:72-78: only a positive offset moves the page
         (f"page_token={tok(-250)}", 0, 250),
         (f"page_token={tok(-1)}", 0, 250),
         # ParseInt(…, 10, 0) out of the int64 range is an error → the default
@@ -208,7 +208,7 @@ def test_go_query_encode_empty():
         ("per_page=-1", 0, 1),
         ("per_page=x", 0, 250),
         ("page=2&per_page=", 2, 250),
-        # pagepagination/pagination.go:23-31: a page that does not parse as an int is page 0
+        # pagepagination/pagination.go:34-42: a page that does not parse as an int is page 0
         ("page=1.5&per_page=10", 0, 10),
         ("page=99999999999999999999&per_page=10", 0, 10),
         ("page=%2B2&per_page=10", 2, 10),  # ParseInt takes a sign; a bare "+" is a space

@@ -742,7 +742,7 @@ class KratosFake:
     def go_redirect(
         request: Request, location: str, status: int, headers: list[tuple[str, str]] | None = None
     ) -> Response:
-        """Go's `http.Redirect` (x/redir/port_redirect.go:26,40, logout/handler.go:377)."""
+        """Go's `http.Redirect` (x/redir/port_redirect.go:25,39, logout/handler.go:376)."""
         body, redirect_headers = go_redirect(location, status, request.method)
         response = Response(body, status_code=status)
         response.raw_headers = [

@@ -53,7 +53,7 @@ def go_first_nonempty(query: QueryParams, key: str) -> str:
 
 def _clamp_size(text: str | None) -> int:
     """Unparsable (or out of int range) → 250, then clamped to [1, 1000]
-    (oryx/pagination/tokenpagination/pagination.go:41-51, pagepagination/pagination.go:32-46)."""
+    (oryx/pagination/tokenpagination/pagination.go:58-70, pagepagination/pagination.go:44-60)."""
     size = go_atoi(text)
     if size is None:
         return DEFAULT_PAGE_SIZE
@@ -109,8 +109,8 @@ def _go_query_unescape(text: str) -> str:
 
 
 def decode_offset_token(token: str | None) -> int:
-    """A missing or malformed token counts as offset 0 (tokenpagination/pagination.go:16-22,
-    38-40: RawURLEncoding, so a `=`-padded token does not decode; the error is dropped)."""
+    """A missing or malformed token counts as offset 0 (tokenpagination/pagination.go:25-31,
+    54-56: RawURLEncoding, so a `=`-padded token does not decode; the error is dropped)."""
     if not token:
         return 0
     try:
@@ -143,9 +143,9 @@ class MigrationPage:
         if "page_token" in query or "page_size" in query:
             per_page = _clamp_size(go_get(query, "page_size"))
             offset = decode_offset_token(go_get(query, "page_token"))
-            # tokenpagination/pagination.go:52-57: only a positive offset moves the page
+            # tokenpagination/pagination.go:72-78: only a positive offset moves the page
             return cls(page=offset // per_page if offset > 0 else 0, per_page=per_page)
-        # pagepagination/pagination.go:23-31,47-49: unparsable (or out of range) → page 0
+        # pagepagination/pagination.go:34-42,62-64: unparsable (or out of range) → page 0
         page = go_atoi(go_get(query, "page")) or 0
         return cls(page=max(page, 0), per_page=_clamp_size(go_get(query, "per_page")))
 
