@@ -268,8 +268,9 @@ class AdminApi(_Section):
                 raise ValueError(f"rules are an identity id or path=value, got {rule!r}")
             if sep and not user_controlled_ok and not _operator_controlled(path):
                 raise ValueError(
-                    f"rule {rule!r} reads {path!r}, which the user can change (only "
-                    f"{', '.join(ADMIN_RULE_PATHS)} and identity.metadata_public.* are not); "
+                    f"rule {rule!r} reads {path!r}; rules may read only "
+                    f"{', '.join(ADMIN_RULE_PATHS)} and identity.metadata_public.* (the rest "
+                    "of a session, such as traits, addresses and devices, the user can change); "
                     "set sessions_api.admin.allow_user_controlled_rules: true to allow it"
                 )
             if not sep and not re.fullmatch(r"[0-9a-fA-F-]{36}", rule):

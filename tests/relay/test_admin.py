@@ -29,7 +29,7 @@ import pytest
 from starlette.types import Receive, Scope, Send
 
 from apps import EchoApp
-from sessiongate.config import ConfigError, Settings
+from sessiongate.config import ConfigError, Settings, load_settings
 from sessiongate.gate import Gate
 from sessiongate.testing import KratosFake, UvicornThread
 
@@ -218,11 +218,9 @@ def _with_rules(
     *,
     user_controlled: bool = False,
 ) -> RelayStack:
-    admin = {
-        "enabled": True,
-        "allow_identities": rules,
-        "allow_user_controlled_rules": user_controlled,
-    }
+    admin: dict[str, Any] = {"enabled": True, "allow_identities": rules}
+    if user_controlled:
+        admin["allow_user_controlled_rules"] = True
     return make_relay(admin_keys=admin_keys, sessions_api={"admin": admin})
 
 
@@ -545,8 +543,10 @@ def test_rules_on_user_controlled_data_are_refused(tmp_path: Path, rule: str) ->
     """Traits, addresses and devices are the user's to edit: a rule on them would let a user
     admit themselves. check-config and start-up refuse them unless explicitly allowed."""
     with pytest.raises(ConfigError) as info:
-        _admin_settings(allow_identities=[rule])
-    assert info.value.problems[0].startswith("sessions_api.admin.allow_identities")
+        load_settings(
+            None, {"SESSIONGATE_SESSIONS_API__ADMIN__ALLOW_IDENTITIES": json.dumps([rule])}
+        )
+    assert info.value.problems[0].startswith("sessions_api.admin.allow_identities:")
     assert "allow_user_controlled_rules" in str(info.value)
     config = tmp_path / "gate.yaml"
     admin = {"enabled": True, "allow_identities": [rule]}
