@@ -81,6 +81,7 @@ class SessionsRelay:
         self.rewrite_url = self.rewriter.rewrite_url
         self.rewrite_link = self.rewriter.rewrite_link
         self.gate_base = self.rewriter.gate_base
+        self.kratos_origins = self.rewriter.kratos_origins
 
     def kratos_path(self, path: str) -> str | None:
         """The Kratos path this gate path relays to, or None when it is not a relay route."""
