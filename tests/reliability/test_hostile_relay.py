@@ -17,9 +17,11 @@ over a raw socket (so no client library tidies it up), and what must hold for ev
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,12 +121,13 @@ ADMIN_ID_ROUTES = [
     ("GET", "/admin/identities/{id}/sessions"),
     ("DELETE", "/admin/identities/{id}/sessions"),
 ]
-PLAIN_ROUTES = [
+PLAIN_ROUTES = [  # no path parameter
     ("GET", "/sessions/whoami", "public"),
     ("GET", "/sessions", "public"),
     ("DELETE", "/sessions", "public"),
     ("GET", "/self-service/logout/browser", "public"),
     ("GET", "/self-service/logout", "public"),
+    ("DELETE", "/self-service/logout/api", "public"),
     ("GET", "/admin/sessions", "admin"),
 ]
 U = "6f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9"
@@ -255,35 +258,77 @@ def test_near_relay_paths_are_the_apps(hostile: HostileStack, path: str) -> None
     assert [c for c in hostile.since((0, 0)) if (c[1], c[2]) == ("GET", path)] == []
 
 
-def _partial_body_request() -> bytes:
+# every relay route, as (method, path, port kind), with a valid id where there is one
+EVERY_ROUTE = [
+    *PLAIN_ROUTES,
+    *[(m, t.replace("{id}", U), "public") for m, t in PUBLIC_ID_ROUTES],
+    *[(m, t.replace("{id}", U), "admin") for m, t in ADMIN_ID_ROUTES],
+]
+
+
+def _partial_body_request(method: str, path: str, kind: str, token: str) -> bytes:
+    """Headers announcing 100 bytes of body, and only the first few of them."""
     head = request_bytes(
-        b"/self-service/logout/api",
+        path.encode(),
+        *_headers(kind, token),
         b"Content-Type: application/json",
         b"Content-Length: 100",
-        method=b"DELETE",
+        method=method.encode(),
     )
-    return head + b'{"session_token":'
+    return head + b'{"session_token":"' + token.encode()
 
 
 def test_a_stalled_body_gets_408_and_kratos_is_not_called(hostile: HostileStack) -> None:
+    """On every route at once (so the test takes one deadline, not one per route)."""
+    alice = hostile.fake.login("alice@example.com")
     before = hostile.mark()
-    started = time.monotonic()
-    reply = hostile.send(_partial_body_request())
-    elapsed = time.monotonic() - started
-    assert reply.status == 408, reply
-    assert BODY_DEADLINE * 0.9 <= elapsed < BODY_DEADLINE + 5
-    assert hostile.since(before) == []
+
+    def stalled(route: tuple[str, str, str]) -> tuple[Any, float]:
+        started = time.monotonic()
+        reply = hostile.send(_partial_body_request(*route, alice.token))
+        return reply, time.monotonic() - started
+
+    with ThreadPoolExecutor(len(EVERY_ROUTE)) as pool:
+        results = list(pool.map(stalled, EVERY_ROUTE))
+    for route, (reply, elapsed) in zip(EVERY_ROUTE, results, strict=True):
+        assert reply.status == 408, (route, reply)
+        assert BODY_DEADLINE * 0.9 <= elapsed < BODY_DEADLINE + 5, (route, elapsed)
+    assert [c for c in hostile.since(before) if (c[1], c[2]) != WHOAMI] == []
+    assert hostile.fake.is_session_active(alice.id)
 
 
 def test_a_client_that_left_mid_body_is_not_relayed(hostile: HostileStack) -> None:
     alice = hostile.fake.login("alice@example.com")
     before = hostile.mark()
-    data = _partial_body_request().replace(
-        b'{"session_token":', b'{"session_token":"' + alice.token.encode()
-    )
-    with socket.create_connection(("127.0.0.1", hostile.port), timeout=5) as sock:
-        sock.sendall(data)
+    with contextlib.ExitStack() as sockets:
+        for route in EVERY_ROUTE:
+            sock = sockets.enter_context(
+                socket.create_connection(("127.0.0.1", hostile.port), timeout=5)
+            )
+            sock.sendall(_partial_body_request(*route, alice.token))
         time.sleep(0.2)
-    time.sleep(BODY_DEADLINE + 0.5)
+    time.sleep(BODY_DEADLINE + 0.5)  # past the deadline: nothing was relayed late either
     assert hostile.since(before) == []
     assert hostile.fake.is_session_active(alice.id)
+
+
+def test_whoami_as_an_id_only_where_kratos_gives_it_a_meaning(hostile: HostileStack) -> None:
+    """`DELETE /sessions/whoami` is Kratos' whoami and `GET /admin/sessions/whoami` its 307;
+    on the other id routes `whoami` is a malformed id like any other."""
+    alice = hostile.fake.login("alice@example.com")
+    for method, template, kind in [
+        *[(m, t, "public") for m, t in PUBLIC_ID_ROUTES],
+        *[(m, t, "admin") for m, t in ADMIN_ID_ROUTES],
+    ]:
+        path = template.replace("{id}", "whoami")
+        before = hostile.mark()
+        reply = hostile.send(
+            request_bytes(path.encode(), *_headers(kind, alice.token), method=method.encode())
+        )
+        upstream = [(k, m, p) for k, m, p, _ in hostile.since(before)]
+        if (method, template) in (("DELETE", "/sessions/{id}"), ("GET", "/admin/sessions/{id}")):
+            assert upstream == [(kind, method, path)], (path, upstream)
+            assert reply.status == (200 if kind == "public" else 307), reply
+        else:
+            assert upstream == [], (path, upstream)
+            assert reply.status == 400, reply
