@@ -71,6 +71,8 @@ class RouteTable:
     def __init__(self, prefix: str, *, admin: bool) -> None:
         self.prefix = prefix.rstrip("/")
         self.routes = PUBLIC_ROUTES + (ADMIN_ROUTES if admin else [])
+        # every request on the gate asks; most are the app's and stop at this prefix test
+        self._heads = tuple({"/" + r.template.split("/", 2)[1] for r in self.routes})
 
     def kratos_path(self, path: str) -> str | None:
         """The Kratos path this gate path names, or None when it is no relay route."""
@@ -78,6 +80,8 @@ class RouteTable:
             if not path.startswith(self.prefix + "/"):
                 return None
             path = path[len(self.prefix) :]
+        if not path.startswith(self._heads):
+            return None
         for route in self.routes:
             if route.pattern.match(path):
                 return path
