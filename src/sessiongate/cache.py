@@ -232,6 +232,12 @@ class SessionCache:
         """Drop entries without a tombstone (after an extend: the next whoami is fresh)."""
         return self._remove_all(_index_keys(self._by_session, session_id))
 
+    def forget_negative(self) -> int:
+        """Drop every remembered 401 (an admin extend may have revived one of them)."""
+        return self._remove_all(
+            {k for k, v in self._entries.items() if not isinstance(v, CachedSession)}
+        )
+
     def indexes(self) -> tuple[dict[str, set[bytes]], dict[str, set[bytes]]]:
         """Both indexes (session id → keys, identity id → keys) as plain sets, for inspection."""
         return (

@@ -23,6 +23,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -225,9 +226,29 @@ class Forwarded(_Section):
         return v
 
 
+#: Session fields an admin rule may read by default: set by Kratos or the operator, not the user.
+ADMIN_RULE_PATHS = (
+    "identity.id",
+    "identity.schema_id",
+    "identity.state",
+    "authenticator_assurance_level",
+)
+ADMIN_RULE_PREFIXES = ("identity.metadata_public.",)
+
+
+def _operator_controlled(path: str) -> bool:
+    return path in ADMIN_RULE_PATHS or (
+        path.startswith(ADMIN_RULE_PREFIXES) and len(path) > len(ADMIN_RULE_PREFIXES[0])
+    )
+
+
 class AdminApi(_Section):
     enabled: bool = False
     keys_env: str = ADMIN_KEYS_ENV  # comma-separated keys, read from this variable
+    # Rules on user-editable session data (traits, addresses, devices) are refused unless this
+    # is set: a user who can edit the value could admit themselves. (Before allow_identities:
+    # its validator reads this.)
+    allow_user_controlled_rules: bool = False
     allow_identities: list[str] = Field(default_factory=list)  # ids or `path=value` rules
 
     @field_validator("keys_env")
@@ -239,11 +260,19 @@ class AdminApi(_Section):
 
     @field_validator("allow_identities")
     @classmethod
-    def _rules(cls, v: list[str]) -> list[str]:
+    def _rules(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        user_controlled_ok = info.data.get("allow_user_controlled_rules", False)
         for rule in v:
             path, sep, value = rule.partition("=")
             if sep and (not _JSON_PATH.match(path) or not value):
                 raise ValueError(f"rules are an identity id or path=value, got {rule!r}")
+            if sep and not user_controlled_ok and not _operator_controlled(path):
+                raise ValueError(
+                    f"rule {rule!r} reads {path!r}; rules may read only "
+                    f"{', '.join(ADMIN_RULE_PATHS)} and identity.metadata_public.* (the rest "
+                    "of a session, such as traits, addresses and devices, the user can change); "
+                    "set sessions_api.admin.allow_user_controlled_rules: true to allow it"
+                )
             if not sep and not re.fullmatch(r"[0-9a-fA-F-]{36}", rule):
                 raise ValueError(f"{rule!r} is neither an identity id (uuid) nor path=value")
         return v

@@ -29,7 +29,7 @@ import pytest
 from starlette.types import Receive, Scope, Send
 
 from apps import EchoApp
-from sessiongate.config import ConfigError, Settings
+from sessiongate.config import ConfigError, Settings, load_settings
 from sessiongate.gate import Gate
 from sessiongate.testing import KratosFake, UvicornThread
 
@@ -211,11 +211,17 @@ async def test_plain_user_session_without_rules_is_401(make_relay: MakeRelay) ->
 
 
 # -- admission by rules ---------------------------------------------------------------------
-def _with_rules(make_relay: MakeRelay, rules: list[str], admin_keys: str = ADMIN_KEY) -> RelayStack:
-    return make_relay(
-        admin_keys=admin_keys,
-        sessions_api={"admin": {"enabled": True, "allow_identities": rules}},
-    )
+def _with_rules(
+    make_relay: MakeRelay,
+    rules: list[str],
+    admin_keys: str = ADMIN_KEY,
+    *,
+    user_controlled: bool = False,
+) -> RelayStack:
+    admin: dict[str, Any] = {"enabled": True, "allow_identities": rules}
+    if user_controlled:
+        admin["allow_user_controlled_rules"] = True
+    return make_relay(admin_keys=admin_keys, sessions_api={"admin": admin})
 
 
 async def test_allow_identities_by_id_admits_that_users_session(make_relay: MakeRelay) -> None:
@@ -227,11 +233,16 @@ async def test_allow_identities_by_id_admits_that_users_session(make_relay: Make
         for headers in (
             {"X-Session-Token": boss.token},
             {"Cookie": stack.fake.cookie_header(boss)},
-            {"Authorization": f"Bearer {boss.token}"},
         ):
             listed = await client.get("/admin/sessions", headers=headers)
             assert listed.status_code == 200, headers
             assert {s["id"] for s in listed.json()} == {boss.id, alice.id}
+        # On an admin route `Authorization: Bearer` is an admin key or nothing: a session token
+        # there is not looked up (not sent to Kratos' whoami).
+        whoamis = stack.fake.count("GET", "/sessions/whoami")
+        bearer_token = await client.get("/admin/sessions", headers=bearer(boss.token))
+        assert_herodot(bearer_token, 401)
+        assert stack.fake.count("GET", "/sessions/whoami") == whoamis
         refused = await client.get("/admin/sessions", headers={"X-Session-Token": alice.token})
         error = assert_herodot(refused, 403)
         assert "admin" in error["reason"]
@@ -247,11 +258,13 @@ async def test_allow_identities_by_id_admits_that_users_session(make_relay: Make
         )
         assert revoked.status_code == 204
     assert not stack.fake.is_session_active(carol.id)
-    assert stack.fake.count("GET", "/admin/sessions") == 3
+    assert stack.fake.count("GET", "/admin/sessions") == 2
 
 
 async def test_allow_identities_path_rule(make_relay: MakeRelay) -> None:
-    stack = _with_rules(make_relay, ["identity.traits.email=admin@example.com"])
+    stack = _with_rules(
+        make_relay, ["identity.traits.email=admin@example.com"], user_controlled=True
+    )
     admin = stack.fake.login("admin@example.com")
     other = stack.fake.login("other@example.com")
     # A trait that merely contains the value, or differs in case, does not match.
@@ -511,3 +524,113 @@ def test_check_config_reports_admin_without_keys(tmp_path: Path) -> None:
         encoding="utf-8",
     )
     assert _check_config(ruled).returncode == 0
+
+
+# -- issue 10: rules on what the operator controls, compared as JSON --------------------------
+@pytest.mark.parametrize(
+    "rule",
+    [
+        "identity.traits.email=admin@example.com",
+        "identity.verifiable_addresses.0.value=admin@example.com",
+        "identity.recovery_addresses.0.value=admin@example.com",
+        "devices.0.ip_address=10.0.0.1",
+        "identity.metadata_admin.role=admin",  # not in the session; refused as unknown too
+        "identity.metadata_public=x",  # the whole object is not a field
+        "tokenized=x",
+    ],
+)
+def test_rules_on_user_controlled_data_are_refused(tmp_path: Path, rule: str) -> None:
+    """Traits, addresses and devices are the user's to edit: a rule on them would let a user
+    admit themselves. check-config and start-up refuse them unless explicitly allowed."""
+    with pytest.raises(ConfigError) as info:
+        load_settings(
+            None, {"SESSIONGATE_SESSIONS_API__ADMIN__ALLOW_IDENTITIES": json.dumps([rule])}
+        )
+    assert info.value.problems[0].startswith("sessions_api.admin.allow_identities:")
+    assert "allow_user_controlled_rules" in str(info.value)
+    config = tmp_path / "gate.yaml"
+    admin = {"enabled": True, "allow_identities": [rule]}
+    config.write_text(json.dumps({"sessions_api": {"admin": admin}}), encoding="utf-8")
+    refused = _check_config(config)
+    assert refused.returncode == 2, (refused.stdout, refused.stderr)
+    assert "allow_user_controlled_rules" in refused.stderr
+    admin["allow_user_controlled_rules"] = True
+    config.write_text(json.dumps({"sessions_api": {"admin": admin}}), encoding="utf-8")
+    allowed = _check_config(config)
+    assert allowed.returncode == 0, (allowed.stdout, allowed.stderr)
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        BOSS_ID,
+        f"identity.id={BOSS_ID}",
+        "identity.schema_id=default",
+        "identity.state=active",
+        "identity.metadata_public.role=admin",
+        "identity.metadata_public.teams.0=ops",
+        "authenticator_assurance_level=aal2",
+    ],
+)
+def test_rules_on_operator_controlled_data_are_accepted(rule: str) -> None:
+    assert _admin_settings(allow_identities=[rule]).sessions_api.admin.allow_identities == [rule]
+
+
+async def test_rule_values_compare_as_json_values(make_relay: MakeRelay) -> None:
+    """`x=true` is JSON true, `x=1` the number 1 (also 1.0), `x="1"` the string; a value that
+    is not JSON (`x=admin`) is that string. Booleans, numbers and strings never match across."""
+    rules = [
+        "identity.metadata_public.admin=true",
+        "identity.metadata_public.level=1",
+        'identity.metadata_public.code="1"',
+        "identity.metadata_public.role=admin",
+    ]
+    stack = _with_rules(make_relay, rules, admin_keys="")
+    fake = stack.fake
+    cases = [
+        ({"admin": True}, 200),
+        ({"admin": "true"}, 403),
+        ({"admin": 1}, 403),
+        ({"level": 1}, 200),
+        ({"level": 1.0}, 200),
+        ({"level": "1"}, 403),
+        ({"level": True}, 403),
+        ({"code": "1"}, 200),
+        ({"code": 1}, 403),
+        ({"role": "admin"}, 200),
+        ({"role": "Admin"}, 403),
+        ({"role": ["admin"]}, 403),
+        (None, 403),
+    ]
+    async with stack.client() as client:
+        for metadata, expected in cases:
+            iid = fake.create_identity(
+                email=f"{len(fake.requests)}@x.test", metadata_public=metadata
+            )
+            session = fake.create_session(iid)
+            out = await client.get("/admin/sessions", headers={"X-Session-Token": session.token})
+            assert out.status_code == expected, (metadata, out.text)
+
+
+async def test_admin_extend_drops_remembered_401s(make_relay: MakeRelay) -> None:
+    """An expired session that an extend brought back is admitted at once, not after
+    cache.negative_ttl (issue 10 item 16); other identities' entries stay cached."""
+    stack = make_relay(admin=True, cache={"negative_ttl": 30})
+    fake = stack.fake
+    alice = fake.login("alice@example.com")
+    bob = fake.login("bob@example.com")
+    token = {"X-Session-Token": alice.token}
+    async with stack.client() as client:
+        assert (await client.get("/app", headers={"X-Session-Token": bob.token})).is_success
+        fake.expire_session(alice.id)
+        assert (await client.get("/app", headers=token)).status_code == 401  # remembered
+        extended = await client.patch(
+            f"/admin/sessions/{alice.id}/extend", headers=bearer(ADMIN_KEY)
+        )
+        assert extended.is_success, extended.text
+        assert fake.is_session_active(alice.id)
+        whoamis = fake.count("GET", "/sessions/whoami")
+        assert (await client.get("/app", headers=token)).status_code == 200
+        assert (await client.get("/sessions/whoami", headers=token)).status_code == 200
+        assert (await client.get("/app", headers={"X-Session-Token": bob.token})).is_success
+    assert fake.count("GET", "/sessions/whoami") == whoamis + 1  # alice once; bob from cache

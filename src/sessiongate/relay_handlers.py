@@ -1,0 +1,164 @@
+"""What each relay route does around its Kratos call: keeping the gate's cache truthful.
+
+After Kratos confirms (2xx) a revocation, logout, delete or extend, the affected cache entries
+are dropped before the client hears back, so the very next request anywhere on the gate sees
+the change. Only canonical ids (validated by `relay_routes`) are evicted. One caller never
+evicts another identity's entries: `DELETE /sessions` from a caller the gate cannot resolve
+(an aal1 session of an identity that needs aal2: whoami and `GET /sessions` refuse it, Kratos'
+delete does not) evicts nothing, and those sessions lapse with their entries (`cache.ttl`).
+`GET /sessions/whoami` is answered from the cache when it is fresh.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+
+from sessiongate.authenticate import Authenticator
+from sessiongate.cache import NEGATIVE, CachedSession, SessionCache
+from sessiongate.credentials import CookieMatcher, Credential, MalformedCredential, find_credential
+from sessiongate.herodot import error_bytes
+from sessiongate.kratos import KratosAnswer
+from sessiongate.relay_rewrite import UrlRewriter
+from sessiongate.relay_upstream import Answer, Call, KratosRelay
+
+WHOAMI_401 = error_bytes(401, reason="No valid session credentials found in the request.")
+_NO_STORE = "private, no-cache, no-store, must-revalidate"
+
+
+class RelayHandlers:
+    def __init__(
+        self,
+        upstream: KratosRelay,
+        authenticator: Authenticator,
+        cache: SessionCache,
+        rewriter: UrlRewriter,
+    ) -> None:
+        self.upstream = upstream
+        self.authenticator = authenticator
+        self.cache = cache
+        self.rewriter = rewriter
+
+    async def whoami(self, call: Call) -> Answer:
+        """From the cache when fresh (Kratos' own bytes), else relayed and then cached."""
+        cred = call.credential
+        if cred is None or call.query:  # tokenize_as and friends: always Kratos' fresh answer
+            return await self.relay_public(call)
+        hit = self.cache.get(cred.cache_key)
+        if isinstance(hit, CachedSession):
+            return _from_cache(hit)
+        if hit is NEGATIVE:
+            headers = [
+                ("content-type", "application/json"),
+                ("ory-error-id", ""),
+                ("cache-control", _NO_STORE),
+            ]
+            return Answer(401, headers, WHOAMI_401)
+        started = time.monotonic()
+        answer = await self.relay_public(call)
+        # Cache what Kratos said, as the gate would have; the client gets Kratos' own answer
+        # (including a refreshed cookie after an extend, which is never cached).
+        self.authenticator.classify(
+            cred.cache_key,
+            KratosAnswer(answer.status, httpx.Headers(answer.headers), answer.body),
+            started,
+        )
+        return answer
+
+    async def relay_public(self, call: Call) -> Answer:
+        return await self.upstream.send(call, admin=False)
+
+    async def relay_admin(self, call: Call) -> Answer:
+        return await self.upstream.send(call, admin=True)
+
+    async def logout_flow(self, call: Call) -> Answer:
+        answer = await self.upstream.send(call, admin=False)
+        answer.body = self.rewriter.rewrite_logout_url(answer.body, call.scope)
+        return answer
+
+    async def revoke_one(self, call: Call) -> Answer:
+        answer = await self.upstream.send(call, admin=False)
+        if answer.ok and call.target_id not in (None, "whoami"):
+            self.cache.evict_session(call.target_id)
+        return answer
+
+    async def revoke_others(self, call: Call) -> Answer:
+        current = await self.caller_session(call.credential)
+        answer = await self.upstream.send(call, admin=False)
+        if answer.ok and current is not None:
+            self.cache.evict_identity(current.identity_id, except_session=current.session_id)
+        # A caller the gate cannot resolve (see the module docstring) evicts nothing: no other
+        # identity's entries may go because of it.
+        return answer
+
+    async def logout_browser(self, call: Call) -> Answer:
+        current = await self.caller_session(call.credential)
+        answer = await self.upstream.send(call, admin=False)
+        # 204 (JSON) or 303 (browser) is success; a 303 can also be an error page, and then
+        # evicting only costs one extra whoami, while keeping a logged-out session is wrong.
+        if answer.status in (204, 303) and current is not None:
+            self.cache.evict_session(current.session_id)
+        return answer
+
+    async def logout_api(self, call: Call) -> Answer:
+        token = _session_token(call.body)
+        target = None
+        if token:
+            try:
+                # find_credential vets the token (visible ASCII, bounded) as for a header
+                found = find_credential([(b"x-session-token", token.encode())], CookieMatcher([]))
+                target = await self.caller_session(found)
+            except MalformedCredential:
+                target = None
+        answer = await self.upstream.send(call, admin=False, forward_credential=False)
+        if answer.ok and target is not None:
+            self.cache.evict_session(target.session_id)
+        return answer
+
+    async def admin_disable(self, call: Call) -> Answer:
+        answer = await self.upstream.send(call, admin=True)
+        if answer.ok and call.target_id is not None:
+            self.cache.evict_session(call.target_id)
+        return answer
+
+    async def admin_extend(self, call: Call) -> Answer:
+        answer = await self.upstream.send(call, admin=True)
+        if answer.ok and call.target_id is not None:
+            self.cache.forget_session(call.target_id)
+            # An extend can bring an expired session back; the gate cannot tell which
+            # credentials (remembered as 401s) belong to it, and 401s are cheap to recompute.
+            self.cache.forget_negative()
+        return answer
+
+    async def admin_delete_identity(self, call: Call) -> Answer:
+        answer = await self.upstream.send(call, admin=True)
+        if answer.ok and call.target_id is not None:
+            self.cache.evict_identity(call.target_id)
+        return answer
+
+    async def caller_session(self, credential: Credential | None) -> CachedSession | None:
+        if credential is None:
+            return None
+        result = await self.authenticator.authenticate(credential)
+        return result if isinstance(result, CachedSession) else None
+
+
+def _from_cache(entry: CachedSession) -> Answer:
+    headers = [
+        ("content-type", "application/json; charset=utf-8"),
+        ("x-kratos-authenticated-identity-id", entry.identity_id),
+        ("cache-control", _NO_STORE),
+        ("vary", "Cookie"),
+    ]
+    return Answer(200, headers, entry.body)
+
+
+def _session_token(body: bytes) -> str | None:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    token = data.get("session_token") if isinstance(data, dict) else None
+    return token if isinstance(token, str) and token else None
