@@ -316,7 +316,7 @@ class UpstreamProxy:
         answer = send if error_send is None else error_send
         limits = self.limits
         client = limits.client_key(scope)
-        if not limits.enter(client):
+        if not limits.enter(client) and not await limits.enter_waiting(client):
             await send_error(
                 answer,
                 429,

@@ -4,10 +4,11 @@ Every exchange with the app holds one upstream connection for as long as it last
 bounds a few slow or long-lived exchanges (uploads trickling in, WebSockets held open) take
 every connection and all other requests queue behind them. The budgets here keep them apart:
 
-* per client, at most `max_per_client` exchanges at once, HTTP and WebSocket together
-  (beyond: 429). The client is the peer address or, when the peer is a trusted proxy, the
-  rightmost `X-Forwarded-For` address that is not one (behind a load balancer every peer is
-  the balancer);
+* per client, at most `max_per_client` exchanges at once, HTTP and WebSocket together (an
+  HTTP request beyond waits up to `pool_timeout` for one of the client's own to end, then
+  429; a WebSocket is refused at once). The client is the peer address or, when the peer
+  is a trusted proxy, the rightmost `X-Forwarded-For` address that is not one (behind a
+  load balancer every peer is the balancer);
 * HTTP exchanges share `max_connections` slots; a request waits at most `pool_timeout` for
   one (beyond: 503 with `Retry-After`, logged as a full pool, not as an unreachable app);
 * request bodies streamed to the app (larger than the proxy's buffer) hold at most
@@ -107,7 +108,7 @@ class UpstreamLimits:
         self.max_per_client = max_per_client
         self.pool_timeout = pool_timeout
         self.trusted = tuple(ipaddress.ip_network(c, strict=False) for c in trusted_proxies or [])
-        self.by_client: dict[str, int] = {}
+        self.by_client: dict[str, Slots] = {}
         self._warned: dict[str, float] = {}
 
     # -- who is the client --------------------------------------------------------------------
@@ -137,19 +138,33 @@ class UpstreamLimits:
 
     # -- per client -----------------------------------------------------------------------------
     def enter(self, key: str) -> bool:
-        count = self.by_client.get(key, 0)
-        if count >= self.max_per_client:
-            self.warn("client", "client %s has %d exchanges with the app open: 429", key, count)
-            return False
-        self.by_client[key] = count + 1
-        return True
+        """One of the client's slots without waiting (the hot path)."""
+        slots = self.by_client.get(key)
+        if slots is None:
+            slots = self.by_client[key] = Slots(self.max_per_client)
+        return slots.try_take()
+
+    async def enter_waiting(self, key: str) -> bool:
+        """One of the client's slots once one of its own exchanges ends, within
+        `pool_timeout`; False (and a log line) if none did. Call after `enter` failed."""
+        slots = self.by_client[key]
+        deadline = asyncio.get_running_loop().time() + self.pool_timeout
+        got = False
+        try:
+            got = await slots.take_by(deadline)
+        finally:
+            if not got and slots.free == slots.size and self.by_client.get(key) is slots:
+                del self.by_client[key]  # its exchanges all ended as this one gave up
+        if got:
+            return True
+        self.warn("client", "client %s has %d exchanges with the app open: 429", key, slots.size)
+        return False
 
     def leave(self, key: str) -> None:
-        count = self.by_client.get(key, 0) - 1
-        if count > 0:
-            self.by_client[key] = count
-        else:
-            self.by_client.pop(key, None)
+        slots = self.by_client[key]
+        slots.give()
+        if slots.free == slots.size:
+            del self.by_client[key]
 
     # -- HTTP slots -----------------------------------------------------------------------------
     def try_acquire(self, streaming: bool) -> bool:
@@ -203,6 +218,9 @@ class UpstreamLimits:
         Call `release_websocket(key)` when the relay ends."""
         key = self.client_key(scope)
         if not self.enter(key):
+            self.warn(
+                "client", "client %s has %d exchanges with the app open", key, self.max_per_client
+            )
             await refuse_websocket(scope, send, 429, "Too many open connections from this client.")
             return None
         if not self.websockets.try_take():

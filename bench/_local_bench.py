@@ -1,0 +1,597 @@
+"""sessiongate's benchmark: the gate against nginx auth_request and a naive Python gate.
+
+Everything runs on 127.0.0.1. Servers are pinned to one core and wrk to the other, so every
+figure is "one core for the server". Started per run:
+
+* backend: nginx serving a fixed ~1 KB body (the protected app);
+* whoami: nginx answering `GET /sessions/whoami` with a valid session (fresh ids) for any
+  credential, logging each call (so the fake is never the bottleneck and calls can be counted);
+* anchors: the backend direct; nginx plain proxy; nginx `auth_request` + `proxy_cache` (60 s);
+* reference: a straightforward Starlette + httpx gate with a dict cache (`reference_gate.py`);
+* sessiongate in proxy mode, `sessiongate serve` under granian (the default) and uvicorn;
+* sessiongate middleware mode around a minimal ASGI app, and that app bare.
+
+wrk runs for a bounded duration at each concurrency with N sessions rotating through the
+session cookie; the table shows req/s, p50/p99, errors, whoami calls per 1000 requests, and
+ratios to the anchors measured in the same run. Then a cold start (1000 new sessions arriving
+together: whoami calls counted) and the gate's RSS with 100,000 cached sessions.
+
+    bash bench/run                          # installs nginx, wrk and the project, then runs this
+    python bench/bench.py --duration 10 --sessions 100 --connections 64,256
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+PYTHON = sys.executable
+SERVER_CORE = "1"
+LOAD_CORE = "0"
+BOTH_CORES = "0,1"  # the two-worker row shares core 0 with wrk: a lower bound
+TWO_WORKERS = "sessiongate proxy (granian, 2 workers)"
+
+
+# -- helpers --------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def session_body() -> bytes:
+    now = datetime.now(UTC)
+    # nginx puts a fresh $request_id in place of these: every credential gets its own session
+    iid = "SG-IDENTITY-ID"
+    session = {
+        "id": "SG-SESSION-ID",
+        "active": True,
+        "expires_at": (now + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "authenticated_at": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "authenticator_assurance_level": "aal1",
+        "authentication_methods": [
+            {
+                "method": "password",
+                "aal": "aal1",
+                "completed_at": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            }
+        ],
+        "issued_at": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "identity": {
+            "id": iid,
+            "schema_id": "default",
+            "schema_url": "",
+            "state": "active",
+            "traits": {"email": "bench@example.com", "name": {"first": "Bench", "last": "Mark"}},
+            "metadata_public": None,
+            "created_at": now.isoformat(),
+            "updated_at": now.isoformat(),
+            "organization_id": None,
+        },
+        "devices": [
+            {
+                "id": str(uuid.uuid4()),
+                "ip_address": "127.0.0.1",
+                "user_agent": "wrk",
+                "location": "",
+            }
+        ],
+    }
+    return json.dumps(session, separators=(",", ":")).encode()
+
+
+@dataclass
+class Procs:
+    items: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def start(
+        self, args: list[str], cores: str = SERVER_CORE, **kwargs: object
+    ) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            ["taskset", "-c", cores, *args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            **kwargs,
+        )  # type: ignore[call-overload]
+        self.items.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes]) -> None:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.items):
+            self.stop(proc)
+
+
+# -- nginx ----------------------------------------------------------------------------------
+def nginx_conf(work: Path, ports: dict[str, int]) -> Path:
+    (work / "www").mkdir(exist_ok=True)
+    (work / "www" / "index.html").write_bytes(b"<p>" + b"x" * 1017 + b"</p>")  # 1024 bytes
+    (work / "whoami.json").write_bytes(session_body())
+    (work / "cache").mkdir(exist_ok=True)
+    conf = work / "nginx.conf"
+    conf.write_text(
+        textwrap.dedent(f"""
+        worker_processes 1; daemon off; pid {work}/nginx.pid;
+        error_log {work}/error.log error;
+        events {{ worker_connections 8192; }}
+        http {{
+          access_log off; keepalive_requests 10000000; keepalive_timeout 120s;
+          upstream backend {{ server 127.0.0.1:{ports["backend"]}; keepalive 256; }}
+          upstream whoami {{ server 127.0.0.1:{ports["whoami"]}; keepalive 256; }}
+          proxy_cache_path {work}/cache keys_zone=auth:16m max_size=64m inactive=120s;
+
+          server {{ listen 127.0.0.1:{ports["backend"]};   # the protected app
+            location / {{ root {work}/www; try_files /index.html =404; }} }}
+
+          server {{ listen 127.0.0.1:{ports["whoami"]};    # a fast whoami fake, logs calls
+            location = /sessions/whoami {{
+              access_log {work}/whoami.log;
+              default_type application/json;
+              alias {work}/whoami.json;
+              sub_filter_types application/json; sub_filter_once off;
+              sub_filter SG-SESSION-ID $request_id; sub_filter SG-IDENTITY-ID i$request_id; }}
+            location = /health/ready {{ return 200 '{{"status":"ok"}}'; }} }}
+
+          server {{ listen 127.0.0.1:{ports["plain"]};     # nginx plain proxy, no auth
+            location / {{ proxy_pass http://backend; proxy_http_version 1.1;
+                         proxy_set_header Connection ""; }} }}
+
+          server {{ listen 127.0.0.1:{ports["authreq"]};   # nginx auth_request + cache
+            location / {{ auth_request /_auth; proxy_pass http://backend;
+                         proxy_http_version 1.1; proxy_set_header Connection ""; }}
+            location = /_auth {{ internal;
+              proxy_pass http://whoami/sessions/whoami; proxy_http_version 1.1;
+              proxy_set_header Connection ""; proxy_pass_request_body off;
+              proxy_set_header Content-Length ""; proxy_set_header Cookie $http_cookie;
+              proxy_cache auth; proxy_cache_key $http_cookie$http_x_session_token;
+              proxy_cache_valid 200 60s; proxy_cache_lock on;
+              proxy_ignore_headers Cache-Control Expires Set-Cookie; }} }}
+        }}""")
+    )
+    return conf
+
+
+def whoami_calls(work: Path) -> int:
+    log = work / "whoami.log"
+    if not log.exists():
+        return 0
+    with log.open("rb") as fh:
+        return sum(1 for _ in fh)
+
+
+# -- load -----------------------------------------------------------------------------------
+def wrk_script(work: Path, sessions: int, prefix: str) -> Path:
+    script = work / f"sessions_{prefix}_{sessions}.lua"
+    script.write_text(
+        textwrap.dedent(f"""
+        local n = {sessions}
+        local i = 0
+        request = function()
+          i = (i % n) + 1
+          local cookie = "theme=dark; ory_kratos_session=ory_st_{prefix}" .. i
+          return wrk.format("GET", "/", {{["Cookie"] = cookie}})
+        end
+        """)
+    )
+    return script
+
+
+@dataclass
+class Result:
+    name: str
+    connections: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    requests: int
+    whoami_per_1000: float
+
+
+def _ms(text: str) -> float:
+    value = float(re.sub(r"[a-z]+$", "", text))
+    unit = re.sub(r"^[\d.]+", "", text)
+    return value * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
+
+
+def run_wrk(
+    name: str, url: str, script: Path, connections: int, duration: int, work: Path
+) -> Result:
+    before = whoami_calls(work)
+    out = subprocess.run(
+        [
+            "taskset",
+            "-c",
+            LOAD_CORE,
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{duration}s",
+            "--timeout",
+            "10s",
+            "--latency",
+            "-s",
+            str(script),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=duration + 60,
+    ).stdout
+    if os.environ.get("BENCH_DEBUG"):
+        print(out)
+    calls = whoami_calls(work) - before
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    p50_match = re.search(r"^\s+50%\s+([\d.]+[a-z]+)", out, re.M)
+    p99_match = re.search(r"^\s+99%\s+([\d.]+[a-z]+)", out, re.M)
+    p50 = _ms(p50_match.group(1)) if p50_match else float("nan")
+    p99 = _ms(p99_match.group(1)) if p99_match else float("nan")
+    errors = 0
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if sock:
+        errors += sum(int(g) for g in sock.groups())
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if non2xx:
+        errors += int(non2xx.group(1))
+    return Result(
+        name, connections, rps, p50, p99, errors, total, 1000.0 * calls / total if total else 0.0
+    )
+
+
+# -- the servers under test -----------------------------------------------------------------
+def gate_config(
+    work: Path,
+    ports: dict[str, int],
+    port: int,
+    upstream: str,
+    server: str = "granian",
+    workers: int = 1,
+) -> Path:
+    path = work / f"gate_{port}.yaml"
+    path.write_text(
+        textwrap.dedent(f"""
+        listen: {{host: 127.0.0.1, port: {port}, server: {server}, workers: {workers}}}
+        ory: {{public_url: "http://127.0.0.1:{ports["whoami"]}", timeout: 5s, max_inflight: 2048}}
+        upstream: {{url: "{upstream}", max_connections: 512}}
+        cache: {{ttl: 300s, max_entries: 200000}}
+        log_level: warning
+        """)
+    )
+    return path
+
+
+MIDDLEWARE_APP = """
+import os
+from sessiongate.config import load_settings
+from sessiongate.middleware import SessionGateMiddleware
+
+BODY = b"<p>" + b"x" * 1017 + b"</p>"
+HEADERS = [(b"content-type", b"text/html"), (b"content-length", b"1024")]
+
+async def bare(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+    await send({"type": "http.response.body", "body": BODY})
+
+gated = SessionGateMiddleware(bare, load_settings(os.environ["BENCH_GATE_CONFIG"]))
+"""
+
+
+def uvicorn_args(target: str, port: int) -> list[str]:
+    return [
+        PYTHON,
+        "-m",
+        "uvicorn",
+        target,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+        "--log-level",
+        "warning",
+        "--no-access-log",
+        "--no-server-header",
+        "--no-proxy-headers",
+        "--backlog",
+        "4096",
+    ]
+
+
+# -- cold start and memory ------------------------------------------------------------------
+async def cold_start(url: str, sessions: int, prefix: str = "cold") -> tuple[int, int]:
+    """`sessions` new credentials arriving together; returns (ok responses, total)."""
+    import httpx
+
+    limits = httpx.Limits(max_connections=sessions, max_keepalive_connections=sessions)
+    async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+
+        async def one(i: int) -> int:
+            cookie = f"ory_kratos_session=ory_st_{prefix}{i}"
+            r = await client.get(url, headers={"Cookie": cookie, "Connection": "close"})
+            return r.status_code
+
+        statuses = await asyncio.gather(*(one(i) for i in range(sessions)))
+    return sum(1 for s in statuses if s == 200), len(statuses)
+
+
+def rss_mb(pid: int) -> tuple[float, float]:
+    """(RSS of the largest process: the worker holding the cache, RSS of all) in MB.
+
+    granian runs a supervisor process and the worker; uvicorn with one worker is one process.
+    """
+    import psutil
+
+    root = psutil.Process(pid)
+    sizes = [p.memory_info().rss / 2**20 for p in [root, *root.children(True)]]
+    return max(sizes), sum(sizes)
+
+
+# -- main -----------------------------------------------------------------------------------
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    parser.add_argument("--sessions", type=int, default=100)
+    parser.add_argument("--connections", default="64,256")
+    parser.add_argument("--cold", type=int, default=1000, help="sessions in the cold start")
+    parser.add_argument("--memory-sessions", type=int, default=100_000)
+    parser.add_argument("--skip", default="", help="rows to skip, separated by ';'")
+    parser.add_argument("--json", default="", help="also write the results here")
+    args = parser.parse_args()
+    for tool in ("nginx", "wrk", "taskset"):
+        if not shutil.which(tool):
+            print(f"missing {tool}: run bash bench/run (installs nginx and wrk)", file=sys.stderr)
+            return 2
+    conns = [int(c) for c in args.connections.split(",")]
+    skip = set(filter(None, (s.strip() for s in args.skip.split(";"))))
+    procs = Procs()
+    results: list[Result] = []
+    extra: dict[str, object] = {}
+    with tempfile.TemporaryDirectory(prefix="sessiongate-bench-") as tmp:
+        work = Path(tmp)
+        work.chmod(0o755)  # nginx workers (www-data when started as root) must read it
+        ports = {k: free_port() for k in ("backend", "whoami", "plain", "authreq")}
+        try:
+            procs.start(["nginx", "-c", str(nginx_conf(work, ports))])
+            for port in ports.values():
+                wait_port(port)
+            rows: list[tuple[str, str, int]] = []  # (name, url, warm-up)
+
+            def add(name: str, port: int) -> None:
+                rows.append((name, f"http://127.0.0.1:{port}/", port))
+
+            backend = f"http://127.0.0.1:{ports['backend']}"
+            add("direct (nginx static)", ports["backend"])
+            add("nginx proxy, no auth", ports["plain"])
+            add("nginx auth_request+cache", ports["authreq"])
+            servers: dict[str, list[str]] = {}
+            ref_port = free_port()
+            servers["starlette+httpx gate"] = [
+                PYTHON,
+                str(HERE / "reference_gate.py"),
+                "--port",
+                str(ref_port),
+                "--upstream",
+                backend,
+                "--whoami",
+                f"http://127.0.0.1:{ports['whoami']}",
+            ]
+            sg_port, sg_granian_port = free_port(), free_port()
+            env = dict(os.environ)
+            for server, port in (("granian", sg_granian_port), ("uvicorn", sg_port)):
+                servers[f"sessiongate proxy ({server})"] = [
+                    PYTHON,
+                    "-m",
+                    "sessiongate.cli",
+                    "serve",
+                    "--config",
+                    str(gate_config(work, ports, port, backend, server)),
+                ]
+            two_port = free_port()
+            servers[TWO_WORKERS] = [
+                PYTHON,
+                "-m",
+                "sessiongate.cli",
+                "serve",
+                "--config",
+                str(gate_config(work, ports, two_port, backend, "granian", workers=2)),
+            ]
+            mw_port, bare_port = free_port(), free_port()
+            (work / "mw_app.py").write_text(MIDDLEWARE_APP)
+            env["BENCH_GATE_CONFIG"] = str(gate_config(work, ports, mw_port, backend))
+            env["PYTHONPATH"] = os.pathsep.join([os.environ["BENCH_SRC"], str(work), str(HERE.parent)])
+            servers["bare ASGI app"] = uvicorn_args("mw_app:bare", bare_port)
+            servers["middleware mode"] = uvicorn_args("mw_app:gated", mw_port)
+            server_ports = {
+                "starlette+httpx gate": ref_port,
+                "sessiongate proxy (granian)": sg_granian_port,
+                "sessiongate proxy (uvicorn)": sg_port,
+                TWO_WORKERS: two_port,
+                "bare ASGI app": bare_port,
+                "middleware mode": mw_port,
+            }
+            for name, port in server_ports.items():
+                add(name, port)
+            script = wrk_script(work, args.sessions, "warm")
+            for name, url, port in rows:
+                if name in skip:
+                    continue
+                proc = None
+                if name in servers:
+                    cores = BOTH_CORES if name == TWO_WORKERS else SERVER_CORE
+                    proc = procs.start(servers[name], cores, env=env, cwd=str(HERE.parent))
+                    wait_port(port)
+                try:
+                    # warm the cache (every session once) and the pools
+                    run_wrk(name, url, script, min(conns), 2, work)
+                    for c in conns:
+                        result = run_wrk(name, url, script, c, args.duration, work)
+                        results.append(result)
+                        print(
+                            f"  {name:<30} c={c:<4} {result.rps:>9.0f} req/s "
+                            f"p99 {result.p99_ms:>8.2f} ms  errors {result.errors}",
+                            flush=True,
+                        )
+                    if name == TWO_WORKERS and proc is not None:
+                        # each worker has its own cache: a new session costs up to one whoami
+                        # per worker, however its connections are spread
+                        before = whoami_calls(work)
+                        ok, total = asyncio.run(cold_start(url, args.cold, "two"))
+                        extra["cold_start_two_workers"] = {
+                            "sessions": args.cold,
+                            "ok": ok,
+                            "whoami_calls": whoami_calls(work) - before,
+                        }
+                        asyncio.run(cold_start(url, args.cold, "two"))  # same sessions again
+                        extra["cold_start_two_workers"]["whoami_calls_after_second_visit"] = (
+                            whoami_calls(work) - before
+                        )
+                        print(f"  two workers: {extra['cold_start_two_workers']}", flush=True)
+                    if name == "sessiongate proxy (granian)" and proc is not None:
+                        before = whoami_calls(work)
+                        ok, total = asyncio.run(cold_start(url, args.cold))
+                        extra["cold_start"] = {
+                            "sessions": args.cold,
+                            "ok": ok,
+                            "total": total,
+                            "whoami_calls": whoami_calls(work) - before,
+                        }
+                        print(f"  cold start: {extra['cold_start']}", flush=True)
+                        # memory on a fresh process: the figure is the cache's, not what a
+                        # burst of 1000 connections left in the allocator
+                        procs.stop(proc)
+                        proc = procs.start(servers[name], env=env, cwd=str(HERE.parent))
+                        wait_port(port)
+                        time.sleep(1)
+                        base = rss_mb(proc.pid)
+                        before = whoami_calls(work)
+                        deadline = time.monotonic() + 300
+                        while time.monotonic() < deadline:
+                            done = whoami_calls(work) - before
+                            if done >= args.memory_sessions:
+                                break
+                            # each run starts where the last stopped: every request a new session
+                            mem_script = work / "memory.lua"
+                            mem_script.write_text(
+                                textwrap.dedent(f"""
+                                local i = {done}
+                                request = function()
+                                  i = i + 1
+                                  if i > {args.memory_sessions} then i = 1 end
+                                  local cookie = "ory_kratos_session=ory_st_mem" .. i
+                                  return wrk.format("GET", "/", {{["Cookie"] = cookie}})
+                                end""")
+                            )
+                            run_wrk("memory", url, mem_script, 64, 5, work)
+                        worker, every = rss_mb(proc.pid)
+                        extra["memory"] = {
+                            "sessions": whoami_calls(work) - before,
+                            "worker_rss_mb_before": round(base[0], 1),
+                            "worker_rss_mb_after": round(worker, 1),
+                            "all_processes_rss_mb_after": round(every, 1),
+                        }
+                        print(f"  memory: {extra['memory']}", flush=True)
+                finally:
+                    if proc is not None:
+                        procs.stop(proc)
+        finally:
+            procs.stop_all()
+    print_table(results, extra, args)
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps({"results": [r.__dict__ for r in results], **extra}, indent=2)
+        )
+    return 0
+
+
+def print_table(results: list[Result], extra: dict[str, object], args: argparse.Namespace) -> None:
+    by = {(r.name, r.connections): r for r in results}
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    print(
+        f"\n{datetime.now(UTC):%Y-%m-%d} · {platform.system()} {platform.machine()} · {cpu} · "
+        f"{os.cpu_count()} cores · server on core {SERVER_CORE}, wrk on core {LOAD_CORE} · "
+        f"{args.sessions} sessions · {args.duration}s per run\n"
+    )
+    print(
+        "| setup | c | req/s | p50 ms | p99 ms | errors | whoami/1000 | vs direct | "
+        "vs auth_request | vs starlette+httpx |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+
+        def ratio(name: str, r: Result = r) -> str:
+            ref = by.get((name, r.connections))
+            return f"{r.rps / ref.rps:.3f}" if ref and ref.rps else "-"
+
+        print(
+            f"| {r.name} | {r.connections} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | "
+            f"{r.errors} | {r.whoami_per_1000:.2f} | {ratio('direct (nginx static)')} | "
+            f"{ratio('nginx auth_request+cache')} | {ratio('starlette+httpx gate')} |"
+        )
+    for c in sorted({r.connections for r in results}):
+        mw, bare = by.get(("middleware mode", c)), by.get(("bare ASGI app", c))
+        if mw and bare:
+            print(f"\nmiddleware mode vs bare app at c={c}: {mw.rps / bare.rps:.3f}")
+        gate, ngx = (
+            by.get(("sessiongate proxy (granian)", c)),
+            by.get(("nginx auth_request+cache", c)),
+        )
+        if gate and ngx:
+            print(f"sessiongate p99 vs auth_request p99 at c={c}: {gate.p99_ms / ngx.p99_ms:.1f}x")
+    for key, value in extra.items():
+        print(f"{key}: {value}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
