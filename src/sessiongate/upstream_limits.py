@@ -44,7 +44,7 @@ class Slots:
     def __init__(self, size: int) -> None:
         self.size = size
         self.free = size
-        self.waiters: deque[asyncio.Future[None]] = deque()
+        self.waiters: deque[asyncio.Future[None]] | None = None  # made on the first wait
 
     def try_take(self) -> bool:
         if self.free > 0:
@@ -59,6 +59,8 @@ class Slots:
         if deadline <= asyncio.get_running_loop().time():
             return False
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.waiters is None:
+            self.waiters = deque()
         self.waiters.append(waiter)
         try:
             async with asyncio.timeout_at(deadline):
@@ -75,12 +77,14 @@ class Slots:
             raise
 
     def _forget(self, waiter: asyncio.Future[None]) -> None:
-        with contextlib.suppress(ValueError):
-            self.waiters.remove(waiter)
+        if self.waiters is not None:
+            with contextlib.suppress(ValueError):
+                self.waiters.remove(waiter)
 
     def give(self) -> None:
-        while self.waiters:
-            waiter = self.waiters.popleft()
+        waiters = self.waiters
+        while waiters:
+            waiter = waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)  # the slot goes straight to the oldest waiter
                 return
