@@ -57,6 +57,29 @@ def test_defaults_are_the_documented_ones():
     assert s.session_header is None
 
 
+def test_upstream_limits_defaults_and_bounds(tmp_path):
+    u = Settings().upstream
+    assert (u.pool_timeout, u.body_timeout, u.buffer_request_body) == (2, 300, 65_536)
+    assert (u.max_connections_per_client, u.max_streaming_uploads, u.max_websockets) == (
+        64,
+        64,
+        1024,
+    )
+    s = load_settings(None, {"SESSIONGATE_UPSTREAM__BODY_TIMEOUT": "90s"})
+    assert s.upstream.body_timeout == 90
+    text = (
+        "upstream:\n  body_timeout: 0\n  max_connections_per_client: 0\n"
+        "  buffer_request_body: -1\n  max_websockets: 0\n"
+    )
+    problems = problems_of(write(tmp_path, text))
+    assert sorted(p.split(":")[0] for p in problems) == [
+        "upstream.body_timeout",
+        "upstream.buffer_request_body",
+        "upstream.max_connections_per_client",
+        "upstream.max_websockets",
+    ]
+
+
 def test_admin_base_is_admin_url_when_set(tmp_path):
     path = write(
         tmp_path,

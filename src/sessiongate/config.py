@@ -158,11 +158,26 @@ class Upstream(_Section):
     connect_timeout: Duration = 5.0
     max_connections: int = Field(default=256, ge=1, le=100_000)
     strip_session_cookie: bool = True
+    # Budgets that keep slow or long-lived exchanges from taking every connection (README:
+    # "Upstream limits"; sessiongate.upstream_limits)
+    pool_timeout: Duration = 2.0  # longest wait for a free connection, then 503
+    max_connections_per_client: int = Field(default=64, ge=1, le=100_000)
+    max_streaming_uploads: int = Field(default=64, ge=1, le=100_000)
+    max_websockets: int = Field(default=1024, ge=1, le=100_000)
+    body_timeout: Duration = 300.0  # a request body's whole transfer, then 408
+    buffer_request_body: int = Field(default=65_536, ge=0, le=64 * 1024 * 1024)  # bytes
 
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
         return _http_url(v, field="upstream.url")
+
+    @field_validator("body_timeout")
+    @classmethod
+    def _body_timeout(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError("upstream.body_timeout must be greater than zero")
+        return v
 
 
 class Cache(_Section):

@@ -66,6 +66,12 @@ class Gate:
             strip_cookie=matcher if settings.upstream.strip_session_cookie else None,
             strip_cors_headers=settings.cors.enabled and settings.cors.apply_to == "all",
             protected_headers=settings.spoofable_headers(),
+            pool_timeout=settings.upstream.pool_timeout,
+            max_connections_per_client=settings.upstream.max_connections_per_client,
+            max_streaming_uploads=settings.upstream.max_streaming_uploads,
+            max_websockets=settings.upstream.max_websockets,
+            body_timeout=settings.upstream.body_timeout,
+            buffer_request_body=settings.upstream.buffer_request_body,
         )
         api = settings.sessions_api
         self.relay = (
@@ -114,7 +120,14 @@ class Gate:
         elif kind == "websocket":
             admitted = await self.gatekeeper.check(scope, send)
             if admitted is not None:
-                await self.proxy.websocket(scope, receive, send, admitted.headers)
+                # WebSockets have their own budget, apart from the HTTP requests' connections
+                limits = self.proxy.limits
+                client = await limits.admit_websocket(scope, send)
+                if client is not None:
+                    try:
+                        await self.proxy.websocket(scope, receive, send, admitted.headers)
+                    finally:
+                        limits.release_websocket(client)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
 
@@ -132,7 +145,10 @@ class Gate:
         gatekeeper = self.gatekeeper
         admitted = gatekeeper.quick(scope) or await gatekeeper.check(scope, send)
         if admitted is not None:
-            await self.proxy.forward(scope, receive, scope.get(RAW_SEND, send), admitted.headers)
+            # the app's answer bypasses CORS (apply_to: sessions); the proxy's own errors do not
+            await self.proxy.forward(
+                scope, receive, scope.get(RAW_SEND, send), admitted.headers, error_send=send
+            )
 
     async def _health(self, path: str, send: Send) -> None:
         if path == HEALTH_ALIVE:

@@ -24,10 +24,11 @@ import logging
 from collections.abc import AsyncIterator, Callable
 
 import aiohttp
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 from yarl import URL
 
 from sessiongate.responses import send_error
+from sessiongate.upstream_limits import RETRY_AFTER, UpstreamLimits
 
 log = logging.getLogger("sessiongate.proxy")
 RawHeaders = list[tuple[bytes, bytes]]
@@ -57,7 +58,9 @@ _WS_HANDSHAKE = frozenset(
     }
 )
 # Request headers the proxy looks at; everything else is passed on as is.
-_SPECIAL = HOP_BY_HOP | _FORWARDED | {b"host", b"connection", b"cookie"}
+# `Expect` is dropped: the client's ASGI server answers `100-continue` itself, and aiohttp would
+# otherwise wait for the app's `100` before sending a body the gate already holds.
+_SPECIAL = HOP_BY_HOP | _FORWARDED | {b"host", b"connection", b"cookie", b"expect"}
 CHUNK = 64 * 1024
 # A client that leaves is noticed by a watcher task; answers faster than this never start one
 # (a task per request costs ~5% of the hot path), they just finish unread.
@@ -69,7 +72,8 @@ class ClientGone(Exception):
 
 
 class ClientStalled(Exception):
-    """The client sent no request body for longer than upstream.timeout."""
+    """The request body paused for longer than upstream.timeout, or took longer than
+    upstream.body_timeout in all."""
 
 
 class _DisconnectWatch:
@@ -114,6 +118,24 @@ def _has_body(headers: RawHeaders) -> bool:
     return False
 
 
+async def _receive_by(receive: Receive, idle: float | None, deadline: float | None) -> Message:
+    """The next request-body message within `idle` seconds and before `deadline` (loop
+    time); else ClientStalled."""
+    wait = idle
+    if deadline is not None:
+        left = deadline - asyncio.get_running_loop().time()
+        wait = left if wait is None else min(wait, left)
+    try:
+        async with asyncio.timeout(wait):
+            return await receive()
+    except TimeoutError:
+        raise ClientStalled from None
+
+
+async def _too_slow(send: Send) -> None:
+    await send_error(send, 408, reason="The request body did not arrive in time.")
+
+
 class UpstreamProxy:
     def __init__(
         self,
@@ -126,8 +148,25 @@ class UpstreamProxy:
         strip_cookie: Callable[[str], bool] | None = None,
         strip_cors_headers: bool = False,
         protected_headers: frozenset[str] = frozenset(),
+        pool_timeout: float = 2.0,
+        max_connections_per_client: int = 64,
+        max_streaming_uploads: int = 64,
+        max_websockets: int = 1024,
+        body_timeout: float = 300.0,
+        buffer_request_body: int = 64 * 1024,
     ) -> None:
         self.base = url.rstrip("/")
+        self.limits = UpstreamLimits(
+            max_connections=max_connections,
+            max_per_client=max_connections_per_client,
+            max_streaming_uploads=max_streaming_uploads,
+            max_websockets=max_websockets,
+            pool_timeout=pool_timeout,
+            trusted_proxies=trusted_proxies,
+        )
+        self.body_timeout = body_timeout
+        # bodies up to this size are read whole before an upstream connection is taken
+        self.buffer_request_body = buffer_request_body
         # the gate's identity headers: a client's `Connection` must not remove them
         self.protected = frozenset(n.lower().replace("_", "-") for n in protected_headers)
         self.host_header = URL(self.base).raw_authority
@@ -142,8 +181,11 @@ class UpstreamProxy:
     # -- lifecycle --------------------------------------------------------------------------
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
+            # UpstreamLimits admits at most max_connections HTTP exchanges and max_websockets
+            # WebSockets, so aiohttp's own limit is only a backstop: no request waits in its
+            # pool (where the wait would count against connect_timeout).
             connector = aiohttp.TCPConnector(
-                limit=self.max_connections,
+                limit=self.max_connections + self.limits.websockets.size,
                 limit_per_host=0,
                 ttl_dns_cache=60,
                 enable_cleanup_closed=True,
@@ -258,36 +300,96 @@ class UpstreamProxy:
 
     # -- HTTP -------------------------------------------------------------------------------
     async def forward(
-        self, scope: Scope, receive: Receive, send: Send, headers: RawHeaders
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        headers: RawHeaders,
+        *,
+        error_send: Send | None = None,
     ) -> None:
-        """Forward the request; `headers` are the client's, already stripped and annotated."""
+        """Forward the request; `headers` are the client's, already stripped and annotated.
+
+        The app's answer goes to `send`; the proxy's own (408, 429, 502, 503, 504) to
+        `error_send` (default `send`), so they carry the gate's CORS headers where the app's
+        do not."""
+        answer = send if error_send is None else error_send
+        limits = self.limits
+        client = limits.client_key(scope)
+        if not limits.enter(client) and not await limits.enter_waiting(client):
+            await send_error(
+                answer,
+                429,
+                reason="Too many requests from this client are in progress.",
+                headers=[RETRY_AFTER],
+                head=scope["method"] == "HEAD",
+            )
+            return
+        try:
+            await self._forward(scope, receive, send, answer, headers)
+        finally:
+            limits.leave(client)
+
+    async def _forward(
+        self, scope: Scope, receive: Receive, send: Send, answer: Send, headers: RawHeaders
+    ) -> None:
         method = scope["method"]
         upstream_headers = self.upstream_headers(scope, headers)
         idle = self.timeout.sock_read
+        deadline: float | None = None
         if _has_body(headers):
-            # a client that announces a body and goes silent must not hold a task for ever
-            try:
-                async with asyncio.timeout(idle):
-                    first = await receive()
-            except TimeoutError:
-                await send_error(send, 408, reason="The request body stopped arriving.")
-                return
+            # Read up to buffer_request_body before taking an upstream connection: a slow
+            # client with a small body then holds none. A client that goes silent for
+            # upstream.timeout, or sends for longer than upstream.body_timeout, gets 408.
+            deadline = asyncio.get_running_loop().time() + self.body_timeout
+            parts: list[bytes] = []
+            size = 0
+            while True:
+                try:
+                    message = await _receive_by(receive, idle, deadline)
+                except ClientStalled:
+                    await _too_slow(answer)
+                    return
+                if message["type"] == "http.disconnect":
+                    return
+                chunk = message.get("body", b"")
+                if chunk:
+                    parts.append(chunk)
+                    size += len(chunk)
+                more = message.get("more_body", False)
+                if not more or size > self.buffer_request_body:
+                    break
+            first = parts[0] if len(parts) == 1 else b"".join(parts)
         else:
-            first = await receive()  # the server has it already: no timer on the hot path
-        if first["type"] == "http.disconnect":
-            return
+            message = await receive()  # the server has it already: no timer on the hot path
+            if message["type"] == "http.disconnect":
+                return
+            first = message.get("body", b"")
+            more = message.get("more_body", False)
         task = asyncio.current_task()
         assert task is not None
         watch = _DisconnectWatch(task, receive)
         body: bytes | AsyncIterator[bytes] | None
-        if first.get("more_body"):
+        if more:
             # receive() has one reader: the body's until its last chunk, then the watcher's
-            body = self._stream_body(first.get("body", b""), receive, watch.arm, idle)
+            body = self._stream_body(first, receive, watch.arm, idle, deadline)
         else:
-            body = first.get("body", b"") or None
-            watch.arm()
+            body = first or None
+            watch.arm()  # a client leaving while its request waits for a slot cancels it too
+        limits = self.limits
+        admitted = False
         started = False
         try:
+            admitted = limits.try_acquire(more) or await limits.acquire(more)
+            if not admitted:
+                await send_error(
+                    answer,
+                    503,
+                    reason="The protected app is busy; try again shortly.",
+                    headers=[RETRY_AFTER],
+                    head=method == "HEAD",
+                )
+                return
             async with self.session().request(
                 method,
                 self.target(scope),
@@ -297,6 +399,13 @@ class UpstreamProxy:
                 compress=None,
                 chunked=None,
             ) as resp:
+                if resp.status == 101:
+                    # a switch nobody asked for (the gate never forwards `Upgrade` on HTTP):
+                    # relayed, the client would take the connection for another protocol
+                    resp.close()
+                    log.warning("upstream %s: unsolicited 101 Switching Protocols", self.base)
+                    await send_error(answer, 502, reason="The protected app answered badly.")
+                    return
                 await send(
                     {
                         "type": "http.response.start",
@@ -321,11 +430,11 @@ class UpstreamProxy:
         except aiohttp.ConnectionTimeoutError:
             # could not even connect in time: the app is unreachable, not slow
             log.warning("upstream %s: connect timeout", self.base)
-            await send_error(send, 502, reason="The protected app could not be reached.")
+            await send_error(answer, 502, reason="The protected app could not be reached.")
         except (TimeoutError, aiohttp.ServerTimeoutError):
             if started:
                 raise  # too late for a status: let the server drop the connection
-            await send_error(send, 504, reason="The protected app did not answer in time.")
+            await send_error(answer, 504, reason="The protected app did not answer in time.")
         except (
             aiohttp.ClientConnectorError,
             aiohttp.ClientOSError,
@@ -338,27 +447,29 @@ class UpstreamProxy:
                 return  # aiohttp wraps what the body iterator raised: the client left mid-upload
             if isinstance(exc.__cause__, ClientStalled) and not started:
                 # a stalled upload must not hold an upstream connection for ever
-                await send_error(send, 408, reason="The request body stopped arriving.")
+                await _too_slow(answer)
                 return
             if started:
                 raise
             log.warning("upstream %s failed: %s", self.base, type(exc).__name__)
-            await send_error(send, 502, reason="The protected app could not be reached.")
+            await send_error(answer, 502, reason="The protected app could not be reached.")
         finally:
             watch.stop()
+            if admitted:
+                limits.release(more)
 
     @staticmethod
     async def _stream_body(
-        first: bytes, receive: Receive, on_end: Callable[[], None], idle: float | None
+        first: bytes,
+        receive: Receive,
+        on_end: Callable[[], None],
+        idle: float | None,
+        deadline: float | None,
     ) -> AsyncIterator[bytes]:
         if first:
             yield first
         while True:
-            try:
-                async with asyncio.timeout(idle):  # idle time between chunks, like the reads
-                    message = await receive()
-            except TimeoutError:
-                raise ClientStalled from None
+            message = await _receive_by(receive, idle, deadline)
             if message["type"] == "http.disconnect":
                 raise ClientGone
             chunk = message.get("body", b"")

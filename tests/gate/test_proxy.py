@@ -653,6 +653,31 @@ async def test_upstream_down_is_a_502_in_the_herodot_envelope(make_probe_stack):
         assert r.content == b""
 
 
+async def test_the_proxys_own_errors_carry_the_gates_cors_headers(make_probe_stack):
+    # cors.apply_to: sessions leaves the app's answers alone, not the gate's own 502
+    closed = bind_loopback()
+    port = closed.getsockname()[1]
+    closed.close()
+    origin = "https://app.example.com"
+    stack = make_probe_stack(
+        upstream_url=f"http://127.0.0.1:{port}", cors={"allowed_origins": [origin]}
+    )
+    async with stack.client() as c:
+        r = await c.get("/anything", headers={**auth(stack), "Origin": origin})
+    assert r.status_code == 502
+    assert r.headers["access-control-allow-origin"] == origin
+    assert r.headers["access-control-allow-credentials"] == "true"
+
+
+async def test_the_apps_answers_keep_their_own_cors_headers(make_probe_stack):
+    origin = "https://app.example.com"
+    stack = make_probe_stack(cors={"allowed_origins": [origin]})
+    async with stack.client() as c:
+        r = await c.get("/anything", headers={**auth(stack), "Origin": origin})
+    assert r.status_code == 200
+    assert "access-control-allow-origin" not in r.headers
+
+
 async def test_slow_upstream_is_a_504_while_the_gate_keeps_serving_others(make_stack):
     stack = make_stack(upstream={"timeout": 1})
     headers = auth(stack)
@@ -813,6 +838,8 @@ async def test_expect_100_continue_is_honoured_end_to_end(make_probe_stack):
         await writer.wait_closed()
     assert status == 200, body
     assert json.loads(body)["sha256"] == hashlib.sha256(b"hello world").hexdigest()
+    # the gate's server answered the 100 and the gate holds the body: the app is not asked
+    assert "expect" not in header_map(stack.app.requests[-1]["headers"])
 
 
 async def test_client_leaving_mid_upload_cancels_the_upstream_request(

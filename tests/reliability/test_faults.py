@@ -407,6 +407,23 @@ async def test_app_not_answering_is_a_504_after_upstream_timeout(make_faulty, fa
     await assert_back_to(stack, baseline)
 
 
+async def test_app_answering_an_unsolicited_101_is_a_502(make_faulty):
+    """A plain request answered `101 Switching Protocols`: relayed, the client would take its
+    connection for another protocol. The gate answers 502 and the connection stays HTTP."""
+    stack = make_faulty()
+    warm, baseline = await warm_up(stack)
+    stack.app_proxy.serve(101, headers=(("Upgrade", "websocket"),), only=b"/switch")
+    async with stack.client() as c:
+        r = await c.get("/switch", headers=token(warm))
+        assert_error(r, 502)
+        r = await c.get("/after", headers=token(warm))  # same client, next request
+        assert r.status_code == 200, r.text
+    assert stack.app_proxy.faulted == 1
+    stack.app_proxy.passthrough()
+    assert_only_validated_reached_app(stack, [warm])
+    await assert_back_to(stack, baseline)
+
+
 async def test_app_reset_mid_response_breaks_only_that_response(make_faulty):
     stack = make_faulty(upstream={"timeout": 5})
     warm, baseline = await warm_up(stack)
@@ -520,8 +537,9 @@ async def test_clients_trickling_their_headers_do_not_hold_up_others(make_faulty
 
 
 async def test_a_client_trickling_its_body_does_not_hold_up_others(make_faulty):
-    """An admitted upload trickling a byte every 0.5 s is relayed as it comes (the gate's
-    upstream idle timeout only starts once the body is sent), and costs others nothing; an
+    """An admitted upload trickling a byte every 0.5 s gets through (the gate's upstream idle
+    timeout only starts once the body is sent; a body this small is gathered before an
+    upstream connection is taken), and costs others nothing; an
     unauthenticated one is answered 401 before its body and never reaches the app."""
     stack = make_faulty()
     warm, baseline = await warm_up(stack)

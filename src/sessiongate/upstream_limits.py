@@ -1,0 +1,263 @@
+"""Admission to the protected app: who may hold an upstream connection, and for how long.
+
+Every exchange with the app holds one upstream connection for as long as it lasts. Without
+bounds a few slow or long-lived exchanges (uploads trickling in, WebSockets held open) take
+every connection and all other requests queue behind them. The budgets here keep them apart:
+
+* per client, at most `max_per_client` exchanges at once, HTTP and WebSocket together (an
+  HTTP request beyond waits up to `pool_timeout` for one of the client's own to end, then
+  429; a WebSocket is refused at once). The client is the peer address or, when the peer
+  is a trusted proxy, the rightmost `X-Forwarded-For` address that is not one (behind a
+  load balancer every peer is the balancer);
+* HTTP exchanges share `max_connections` slots; a request waits at most `pool_timeout` for
+  one (beyond: 503 with `Retry-After`, logged as a full pool, not as an unreachable app);
+* request bodies streamed to the app (larger than the proxy's buffer) hold at most
+  `max_streaming_uploads` of those slots, so ordinary requests always find some;
+* WebSockets have their own budget, `max_websockets` (gate.py takes a slot around the relay).
+
+Counters and a queue of futures only: no task, one dict lookup per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import time
+from collections import deque
+
+from starlette.types import Scope, Send
+
+from sessiongate.herodot import error_bytes, error_headers
+
+log = logging.getLogger("sessiongate.proxy")
+RETRY_AFTER = (b"retry-after", b"1")
+_WARN_EVERY = 1.0  # seconds: a flood of refusals is one log line a second per kind
+
+
+class Slots:
+    """A counting semaphore bound to no event loop, FIFO, with a try-without-await path."""
+
+    __slots__ = ("free", "size", "waiters")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.free = size
+        self.waiters: deque[asyncio.Future[None]] | None = None  # made on the first wait
+
+    def try_take(self) -> bool:
+        if self.free > 0:
+            self.free -= 1
+            return True
+        return False
+
+    async def take_by(self, deadline: float) -> bool:
+        """A slot before `deadline` (event-loop time): True, else False."""
+        if self.try_take():
+            return True
+        if deadline <= asyncio.get_running_loop().time():
+            return False
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.waiters is None:
+            self.waiters = deque()
+        self.waiters.append(waiter)
+        try:
+            async with asyncio.timeout_at(deadline):
+                await waiter
+            return True
+        except BaseException as exc:
+            if waiter.done() and not waiter.cancelled():
+                self.give()  # handed a slot just as we gave up: pass it on
+            else:
+                waiter.cancel()
+                self._forget(waiter)
+            if isinstance(exc, TimeoutError):
+                return False
+            raise
+
+    def _forget(self, waiter: asyncio.Future[None]) -> None:
+        if self.waiters is not None:
+            with contextlib.suppress(ValueError):
+                self.waiters.remove(waiter)
+
+    def give(self) -> None:
+        waiters = self.waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot goes straight to the oldest waiter
+                return
+        self.free += 1
+
+    @property
+    def in_use(self) -> int:
+        return self.size - self.free
+
+
+class UpstreamLimits:
+    def __init__(
+        self,
+        *,
+        max_connections: int = 256,
+        max_per_client: int = 64,
+        max_streaming_uploads: int = 64,
+        max_websockets: int = 1024,
+        pool_timeout: float = 2.0,
+        trusted_proxies: list[str] | None = None,
+    ) -> None:
+        self.pool = Slots(max_connections)
+        self.uploads = Slots(min(max_streaming_uploads, max_connections))
+        self.websockets = Slots(max_websockets)
+        self.max_per_client = max_per_client
+        self.pool_timeout = pool_timeout
+        self.trusted = tuple(ipaddress.ip_network(c, strict=False) for c in trusted_proxies or [])
+        self.by_client: dict[str, Slots] = {}
+        self._warned: dict[str, float] = {}
+
+    # -- who is the client --------------------------------------------------------------------
+    def _is_trusted(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address.strip())
+        except ValueError:
+            return False
+        return any(ip in net for net in self.trusted)
+
+    def client_key(self, scope: Scope) -> str:
+        client = scope.get("client")
+        peer: str = client[0] if client else ""
+        if not self.trusted or not self._is_trusted(peer):
+            return peer
+        # the rightmost address no trusted proxy claims: what the balancer saw connect
+        hops = [
+            hop.strip()
+            for name, value in scope["headers"]
+            if name == b"x-forwarded-for"
+            for hop in value.decode("latin-1").split(",")
+        ]
+        for hop in reversed(hops):
+            if hop and not self._is_trusted(hop):
+                return hop
+        return hops[0] if hops and hops[0] else peer
+
+    # -- per client -----------------------------------------------------------------------------
+    def enter(self, key: str) -> bool:
+        """One of the client's slots without waiting (the hot path)."""
+        slots = self.by_client.get(key)
+        if slots is None:
+            slots = self.by_client[key] = Slots(self.max_per_client)
+        return slots.try_take()
+
+    async def enter_waiting(self, key: str) -> bool:
+        """One of the client's slots once one of its own exchanges ends, within
+        `pool_timeout`; False (and a log line) if none did. Call after `enter` failed."""
+        slots = self.by_client[key]
+        deadline = asyncio.get_running_loop().time() + self.pool_timeout
+        got = False
+        try:
+            got = await slots.take_by(deadline)
+        finally:
+            if not got and slots.free == slots.size and self.by_client.get(key) is slots:
+                del self.by_client[key]  # its exchanges all ended as this one gave up
+        if got:
+            return True
+        self.warn("client", "client %s has %d exchanges with the app open: 429", key, slots.size)
+        return False
+
+    def leave(self, key: str) -> None:
+        slots = self.by_client[key]
+        slots.give()
+        if slots.free == slots.size:
+            del self.by_client[key]
+
+    # -- HTTP slots -----------------------------------------------------------------------------
+    def try_acquire(self, streaming: bool) -> bool:
+        """A slot without waiting (the hot path: no coroutine)."""
+        if not streaming:
+            return self.pool.try_take()
+        if self.uploads.free > 0 and self.pool.free > 0:
+            self.uploads.free -= 1
+            self.pool.free -= 1
+            return True
+        return False
+
+    async def acquire(self, streaming: bool) -> bool:
+        """A slot within `pool_timeout`; False (and a log line) when the budget stayed full."""
+        deadline = asyncio.get_running_loop().time() + self.pool_timeout
+        if streaming and not await self.uploads.take_by(deadline):
+            self.warn(
+                "uploads",
+                "upstream: %d streamed uploads in flight (upstream.max_streaming_uploads); "
+                "no slot for %gs: 503",
+                self.uploads.in_use,
+                self.pool_timeout,
+            )
+            return False
+        try:
+            got = await self.pool.take_by(deadline)
+        except BaseException:
+            if streaming:
+                self.uploads.give()
+            raise
+        if not got:
+            if streaming:
+                self.uploads.give()
+            self.warn(
+                "pool",
+                "upstream: connection pool full (%d exchanges, upstream.max_connections); "
+                "no connection for %gs: 503",
+                self.pool.in_use,
+                self.pool_timeout,
+            )
+        return got
+
+    def release(self, streaming: bool) -> None:
+        self.pool.give()
+        if streaming:
+            self.uploads.give()
+
+    # -- WebSockets -----------------------------------------------------------------------------
+    async def admit_websocket(self, scope: Scope, send: Send) -> str | None:
+        """The client's key when a WebSocket may be relayed; else None, the handshake refused.
+        Call `release_websocket(key)` when the relay ends."""
+        key = self.client_key(scope)
+        if not self.enter(key):
+            self.warn(
+                "client", "client %s has %d exchanges with the app open", key, self.max_per_client
+            )
+            await refuse_websocket(scope, send, 429, "Too many open connections from this client.")
+            return None
+        if not self.websockets.try_take():
+            self.leave(key)
+            self.warn("websockets", "upstream: %d WebSockets open: refused", self.websockets.size)
+            await refuse_websocket(scope, send, 503, "Too many WebSockets open; try again.")
+            return None
+        return key
+
+    def release_websocket(self, key: str) -> None:
+        self.websockets.give()
+        self.leave(key)
+
+    # -- logging ------------------------------------------------------------------------------
+    def warn(self, kind: str, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._warned.get(kind, -_WARN_EVERY) >= _WARN_EVERY:
+            self._warned[kind] = now
+            log.warning(message, *args)
+
+
+async def refuse_websocket(scope: Scope, send: Send, status: int, reason: str) -> None:
+    """Refuse a handshake with an HTTP status where the server can send one, else close
+    (the server then answers 403)."""
+    if "websocket.http.response" in (scope.get("extensions") or {}):
+        body = error_bytes(status, reason=reason)
+        headers = [
+            *error_headers(),
+            (b"content-length", str(len(body)).encode()),
+            (b"cache-control", b"no-store"),
+            RETRY_AFTER,
+        ]
+        await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
+        await send({"type": "websocket.http.response.body", "body": body})
+        return
+    await send({"type": "websocket.close", "code": 1013})  # 1013: try again later
