@@ -63,7 +63,9 @@ class Gate:
             connect_timeout=settings.upstream.connect_timeout,
             max_connections=settings.upstream.max_connections,
             trusted_proxies=settings.forwarded.trusted_proxies,
-            strip_cookie=matcher if settings.upstream.strip_session_cookie else None,
+            strip_cookie=matcher if settings.upstream.strip_credentials else None,
+            strip_tokens=settings.upstream.strip_credentials,
+            public_url=settings.public_url,
             strip_cors_headers=settings.cors.enabled and settings.cors.apply_to == "all",
             protected_headers=settings.spoofable_headers(),
         )
