@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 
 import pytest
-from test_cli import run_cli, write_config
 
 from sessiongate.config import load_settings
+from test_cli import run_cli, write_config
 
 DEPRECATED = "upstream.strip_session_cookie is deprecated"
 
