@@ -22,6 +22,7 @@ from sessiongate.kratos import KratosClient
 from sessiongate.proxy import UpstreamProxy
 from sessiongate.relay import SessionsRelay
 from sessiongate.responses import send_error, send_json
+from sessiongate.websocket_guard import WebSocketGuard
 
 log = logging.getLogger("sessiongate")
 HEALTH_ALIVE = "/health/alive"
@@ -69,6 +70,10 @@ class Gate:
             strip_cors_headers=settings.cors.enabled and settings.cors.apply_to == "all",
             protected_headers=settings.spoofable_headers(),
         )
+        gk = self.gatekeeper
+        self.websockets = WebSocketGuard(
+            gk.decider, gk.cookie_matcher, gk.authenticator, gk.cache, settings.cors.allows
+        )
         api = settings.sessions_api
         self.relay = (
             SessionsRelay(
@@ -114,11 +119,26 @@ class Gate:
                 scope[RAW_SEND] = send
             await self.cors(scope, receive, send)
         elif kind == "websocket":
-            admitted = await self.gatekeeper.check(scope, send)
-            if admitted is not None:
-                await self.proxy.websocket(scope, receive, send, admitted.headers)
+            await self._websocket(scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        guard = self.websockets
+        if guard.refuses_origin(scope):
+            # cross-site WebSocket hijacking: closed before accept, the server answers 403
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        admitted = await self.gatekeeper.check(scope, send)
+        if admitted is None:
+            return
+        watch = guard.watch(scope, admitted.session)
+        try:
+            ended = watch.ended if watch is not None else None
+            await self.proxy.websocket(scope, receive, send, admitted.headers, ended)
+        finally:
+            if watch is not None:
+                guard.release(watch)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"]

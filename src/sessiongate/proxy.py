@@ -435,8 +435,15 @@ class UpstreamProxy:
 
     # -- WebSocket --------------------------------------------------------------------------
     async def websocket(
-        self, scope: Scope, receive: Receive, send: Send, headers: RawHeaders
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        headers: RawHeaders,
+        ended: asyncio.Future[tuple[int, str]] | None = None,
     ) -> None:
+        """Relay one WebSocket; close codes and reasons pass both ways. `ended`, when it
+        resolves to (code, reason), closes both sides with them (the session is over)."""
         first = await receive()  # websocket.connect
         if first["type"] != "websocket.connect":
             return
@@ -462,7 +469,10 @@ class UpstreamProxy:
             while True:
                 message = await receive()
                 if message["type"] == "websocket.disconnect":
-                    await ws.close(code=message.get("code", 1000))
+                    # 1005 (no code) and 1006 (connection lost) cannot be sent in a frame
+                    code = _close_code(message.get("code", 1000), {1005: 1000, 1006: 1001})
+                    reason = _close_reason(message.get("reason"))
+                    await ws.close(code=code, message=reason.encode())
                     return
                 if message.get("text") is not None:
                     await ws.send_str(message["text"])
@@ -470,24 +480,61 @@ class UpstreamProxy:
                     await ws.send_bytes(message["bytes"])
 
         async def upstream_to_client() -> None:
-            async for msg in ws:
+            code, reason = 1011, ""  # the app's connection ended without a close frame
+            while True:
+                msg = await ws.receive()
                 if msg.type == aiohttp.WSMsgType.TEXT:
                     await send({"type": "websocket.send", "text": msg.data})
                 elif msg.type == aiohttp.WSMsgType.BINARY:
                     await send({"type": "websocket.send", "bytes": msg.data})
-                else:
+                elif msg.type == aiohttp.WSMsgType.CLOSE:
+                    code = _close_code(msg.data, {1005: 1000})
+                    reason = _close_reason(msg.extra)
+                    await ws.close(code=code, message=reason.encode())  # the closing handshake
+                    break
+                elif msg.type in (aiohttp.WSMsgType.PING, aiohttp.WSMsgType.PONG):
+                    continue
+                else:  # CLOSING, CLOSED, ERROR
                     break
             with contextlib.suppress(Exception):
-                await send({"type": "websocket.close", "code": ws.close_code or 1000})
+                await send({"type": "websocket.close", "code": code, "reason": reason})
 
         tasks = [
             asyncio.create_task(client_to_upstream()),
             asyncio.create_task(upstream_to_client()),
         ]
+        waiting: list[asyncio.Future[object]] = [*tasks]
+        if ended is not None:
+            waiting.append(ended)  # type: ignore[arg-type]
         try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            if ended is not None and ended in done:
+                code, reason = ended.result()
+                for t in tasks:
+                    t.cancel()
+                with contextlib.suppress(Exception):
+                    await send({"type": "websocket.close", "code": code, "reason": reason})
+                await ws.close(code=code, message=reason.encode())
         finally:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await ws.close()
+
+
+def _close_code(code: object, replace: dict[int, int]) -> int:
+    """A code that may be sent in a close frame (RFC 6455 7.4); others become 1011."""
+    if not isinstance(code, int):
+        return 1011
+    code = replace.get(code, code)
+    if code in (1004, 1005, 1006, 1015) or not (1000 <= code <= 1014 or 3000 <= code <= 4999):
+        return 1011
+    return code
+
+
+def _close_reason(reason: object) -> str:
+    """At most 123 bytes of UTF-8 (a close frame's payload is 125 bytes with the code)."""
+    if not isinstance(reason, str) or not reason:
+        return ""
+    raw = reason.encode("utf-8", "replace")[:123]
+    return raw.decode("utf-8", "ignore")
