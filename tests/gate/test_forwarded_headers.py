@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from gate_stack import Stack
+from websockets.asyncio.client import connect
 
 from sessiongate.proxy import UpstreamProxy
 
@@ -171,3 +172,16 @@ def test_upstream_headers_drop_every_spelling_of_the_classes() -> None:
     headers += [(b"authorization", b"Bearer\tevil"), (b"authorization", b"BEARER evil")]
     out = proxy.upstream_headers(scope, headers * 2)
     assert [(n, v) for n, v in out if v == "evil" or "evil" in v] == []
+
+
+async def test_a_websocket_gets_the_same_headers_with_an_http_scheme(stack: Stack) -> None:
+    alice = stack.fake.login("alice@example.com")
+    url = stack.url.replace("http://", "ws://", 1) + "/ws"
+    headers = {"X-Session-Token": alice.token, "Authorization": "Bearer x", **ROUTING}
+    async with connect(url, additional_headers=headers, open_timeout=5) as ws:
+        await ws.recv()
+    h = received(stack)
+    assert h["x-forwarded-proto"] == ["http"]  # not `ws`: the app reads it as an HTTP scheme
+    assert [n for n in h if n in {k.lower() for k in ROUTING}] == []
+    assert "x-session-token" not in h
+    assert "authorization" not in h

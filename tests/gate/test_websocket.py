@@ -190,6 +190,17 @@ async def test_a_session_revoked_elsewhere_closes_its_socket_when_the_entry_laps
     assert await until(lambda: stack.gate.websockets.open_sockets == 0, 5)
 
 
+async def test_a_socket_whose_session_cannot_be_checked_again_is_closed(make_stack) -> None:
+    stack = make_stack(cache={"ttl": 1})
+    alice = stack.fake.login("alice@example.com")
+    async with connect(stack, {"X-Session-Token": alice.token}) as ws:
+        await asyncio.wait_for(ws.recv(), 5)
+        stack.kratos.stop()  # Kratos unreachable: two retries, then fail closed
+        code, reason = await closed_with(ws, 10)
+    assert code == 1013, reason
+    assert "try again later" in reason
+
+
 async def test_a_public_path_socket_is_not_watched(stack: Stack) -> None:
     # no session: /public/* needs none, and there is nothing to end
     async with ws_connect(ws_url(stack, "/public/ws"), open_timeout=5) as ws:
