@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from gate_stack import Stack
 from starlette.types import Receive, Scope, Send
+from test_proxy import no_asgi_exceptions  # noqa: F401  (autouse: errors the servers log fail)
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
