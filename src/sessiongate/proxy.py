@@ -144,7 +144,7 @@ class _DisconnectWatch:
             self.watcher.cancel()
 
 
-def _http_scheme(scope: Scope) -> str:
+def http_scheme(scope: Scope) -> str:
     """http/https for a WebSocket's ws/wss as well: X-Forwarded-Proto names the HTTP scheme."""
     scheme = scope.get("scheme", "http")
     return {"ws": "http", "wss": "https"}.get(scheme, scheme)
@@ -287,7 +287,7 @@ class UpstreamProxy:
             out.append(("X-Forwarded-Proto", self.public_scheme or "http"))
             out.append(("X-Forwarded-Host", self.public_host))
         else:
-            out.append(("X-Forwarded-Proto", proto or _http_scheme(scope)))
+            out.append(("X-Forwarded-Proto", proto or http_scheme(scope)))
             if fhost or host:
                 out.append(("X-Forwarded-Host", fhost or host))
         out.append(("Host", self.host_header))

@@ -31,6 +31,7 @@ from sessiongate.authenticate import Authenticator
 from sessiongate.cache import CachedSession, SessionCache
 from sessiongate.credentials import CookieMatcher, Credential, MalformedCredential, find_credential
 from sessiongate.decide import Decider
+from sessiongate.proxy import http_scheme
 
 log = logging.getLogger("sessiongate.websocket")
 
@@ -60,11 +61,6 @@ class SocketWatch:
         self.attempts = 0
 
 
-def _http_scheme(scope: Scope) -> str:
-    scheme = scope.get("scheme", "ws")
-    return {"ws": "http", "wss": "https"}.get(scheme, scheme)
-
-
 class WebSocketGuard:
     def __init__(
         self,
@@ -91,7 +87,7 @@ class WebSocketGuard:
         if origin is None:
             return False
         text = origin.decode("latin-1")
-        if text == self.decider.origin(_http_scheme(scope), headers):
+        if text == self.decider.origin(http_scheme(scope), headers):
             return False
         if self.is_allowed_origin(text):
             return False
