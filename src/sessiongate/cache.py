@@ -8,7 +8,8 @@ Rules the gate's correctness rests on:
 * LRU-bounded at `max_entries`;
 * entries can be evicted by session id or identity id, and an eviction also leaves a tombstone
   so that a whoami answer already in flight when the session was revoked cannot re-enter the
-  cache afterwards (`put` refuses answers that started before the tombstone).
+  cache afterwards (`put` refuses answers that started before the tombstone);
+* evictions are announced to `listeners` (open WebSockets close when their session goes).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 RawHeaders = tuple[tuple[bytes, bytes], ...]
 
@@ -139,6 +140,14 @@ def _index_keys(index: _Index, ident: str) -> set[bytes]:
     return set(present) if isinstance(present, set) else {present}
 
 
+class EvictionListener(Protocol):
+    """Told of every revocation through the cache, synchronously: keep the callbacks cheap."""
+
+    def session_evicted(self, session_id: str) -> None: ...
+    def identity_evicted(self, identity_id: str, except_session: str) -> None: ...
+    def cleared(self) -> None: ...
+
+
 class SessionCache:
     def __init__(
         self,
@@ -162,6 +171,7 @@ class SessionCache:
         self._revoked_sessions: dict[str, float] = {}
         self._revoked_identities: dict[str, tuple[float, str]] = {}
         self._cleared_at = float("-inf")
+        self.listeners: list[EvictionListener] = []
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -210,7 +220,10 @@ class SessionCache:
         """Drop every entry of this session; answers already in flight are refused later."""
         self._revoked_sessions[session_id] = self._monotonic()
         self._prune_tombstones()
-        return self._remove_all(_index_keys(self._by_session, session_id))
+        removed = self._remove_all(_index_keys(self._by_session, session_id))
+        for listener in self.listeners:  # after the removal: a listener may ask whoami again
+            listener.session_evicted(session_id)
+        return removed
 
     def evict_identity(self, identity_id: str, *, except_session: str = "") -> int:
         """Drop every entry of this identity's sessions, optionally sparing one session."""
@@ -226,7 +239,10 @@ class SessionCache:
             for k in _index_keys(self._by_identity, identity_id)
             if not except_session or self._session_of(k) != except_session
         }
-        return self._remove_all(keys)
+        removed = self._remove_all(keys)
+        for listener in self.listeners:
+            listener.identity_evicted(identity_id, except_session)
+        return removed
 
     def forget_session(self, session_id: str) -> int:
         """Drop entries without a tombstone (after an extend: the next whoami is fresh)."""
@@ -251,6 +267,8 @@ class SessionCache:
         self._entries.clear()
         self._by_session.clear()
         self._by_identity.clear()
+        for listener in self.listeners:
+            listener.cleared()
 
     # -- internals --------------------------------------------------------------------------
     def revoked_since(self, session_id: str, identity_id: str, started: float) -> bool:

@@ -9,6 +9,7 @@ environment (`ORY_API_KEY`) by `ory_api_key()`.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -28,6 +29,7 @@ from pydantic import (
     model_validator,
 )
 
+_log = logging.getLogger("sessiongate.config")
 ENV_PREFIX = "SESSIONGATE_"
 CONFIG_ENV = "SESSIONGATE_CONFIG"
 API_KEY_ENV = "ORY_API_KEY"
@@ -157,7 +159,6 @@ class Upstream(_Section):
     timeout: Duration = 60.0
     connect_timeout: Duration = 5.0
     max_connections: int = Field(default=256, ge=1, le=100_000)
-    strip_session_cookie: bool = True
     # Budgets that keep slow or long-lived exchanges from taking every connection (README:
     # "Upstream limits"; sessiongate.upstream_limits)
     pool_timeout: Duration = 2.0  # longest wait for a free connection, then 503
@@ -166,6 +167,34 @@ class Upstream(_Section):
     max_websockets: int = Field(default=1024, ge=1, le=100_000)
     body_timeout: Duration = 300.0  # a request body's whole transfer, then 408
     buffer_request_body: int = Field(default=65_536, ge=0, le=64 * 1024 * 1024)  # bytes
+    # the Ory session cookie, X-Session-Token and an `Authorization: Bearer` (README, Security)
+    strip_credentials: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _deprecated_strip_session_cookie(cls, data: Any) -> Any:
+        """The old name `strip_session_cookie` still works: honoured unless the new key is set."""
+        if not isinstance(data, dict) or "strip_session_cookie" not in data:
+            return data
+        data = dict(data)
+        old = data.pop("strip_session_cookie")
+        if "strip_credentials" in data:
+            _log.warning(
+                "upstream.strip_session_cookie is deprecated and ignored: "
+                "upstream.strip_credentials is set"
+            )
+        else:
+            _log.warning(
+                "upstream.strip_session_cookie is deprecated: use upstream.strip_credentials "
+                "(it also strips X-Session-Token and Authorization: Bearer)"
+            )
+            data["strip_credentials"] = old
+        return data
+
+    @property
+    def strip_session_cookie(self) -> bool:
+        """The deprecated name of `strip_credentials`, for code that still reads it."""
+        return self.strip_credentials
 
     @field_validator("url")
     @classmethod

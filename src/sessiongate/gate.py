@@ -22,6 +22,7 @@ from sessiongate.kratos import KratosClient
 from sessiongate.proxy import UpstreamProxy
 from sessiongate.relay import SessionsRelay
 from sessiongate.responses import send_error, send_json
+from sessiongate.websocket_guard import WebSocketGuard
 
 log = logging.getLogger("sessiongate")
 HEALTH_ALIVE = "/health/alive"
@@ -63,7 +64,9 @@ class Gate:
             connect_timeout=settings.upstream.connect_timeout,
             max_connections=settings.upstream.max_connections,
             trusted_proxies=settings.forwarded.trusted_proxies,
-            strip_cookie=matcher if settings.upstream.strip_session_cookie else None,
+            strip_cookie=matcher if settings.upstream.strip_credentials else None,
+            strip_tokens=settings.upstream.strip_credentials,
+            public_url=settings.public_url,
             strip_cors_headers=settings.cors.enabled and settings.cors.apply_to == "all",
             protected_headers=settings.spoofable_headers(),
             pool_timeout=settings.upstream.pool_timeout,
@@ -72,6 +75,10 @@ class Gate:
             max_websockets=settings.upstream.max_websockets,
             body_timeout=settings.upstream.body_timeout,
             buffer_request_body=settings.upstream.buffer_request_body,
+        )
+        gk = self.gatekeeper
+        self.websockets = WebSocketGuard(
+            gk.decider, gk.cookie_matcher, gk.authenticator, gk.cache, settings.cors.allows
         )
         api = settings.sessions_api
         self.relay = (
@@ -118,18 +125,32 @@ class Gate:
                 scope[RAW_SEND] = send
             await self.cors(scope, receive, send)
         elif kind == "websocket":
-            admitted = await self.gatekeeper.check(scope, send)
-            if admitted is not None:
-                # WebSockets have their own budget, apart from the HTTP requests' connections
-                limits = self.proxy.limits
-                client = await limits.admit_websocket(scope, send)
-                if client is not None:
-                    try:
-                        await self.proxy.websocket(scope, receive, send, admitted.headers)
-                    finally:
-                        limits.release_websocket(client)
+            await self._websocket(scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        guard = self.websockets
+        if guard.refuses_origin(scope):
+            # cross-site WebSocket hijacking: closed before accept, the server answers 403
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        admitted = await self.gatekeeper.check(scope, send)
+        if admitted is None:
+            return
+        # WebSockets have their own budget, apart from the HTTP requests' connections
+        limits = self.proxy.limits
+        client = await limits.admit_websocket(scope, send)
+        if client is None:
+            return
+        watch = guard.watch(scope, admitted.session)
+        try:
+            ended = watch.ended if watch is not None else None
+            await self.proxy.websocket(scope, receive, send, admitted.headers, ended)
+        finally:
+            limits.release_websocket(client)
+            if watch is not None:
+                guard.release(watch)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"]

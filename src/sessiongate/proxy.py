@@ -8,8 +8,11 @@ client reached ~6,500 req/s in the same setup (figures and the comparison: `benc
 What the proxy guarantees:
 * bodies stream both ways in chunks (constant memory whatever the size);
 * hop-by-hop headers and those named in `Connection` are dropped, both directions;
-* `X-Forwarded-For/-Proto/-Host` are set; incoming ones are kept only from trusted proxies;
-* the Ory session cookie is removed from what the app sees (unless configured otherwise);
+* `X-Forwarded-For/-Proto/-Host` are set (from `public_url` when configured); incoming ones,
+  and the path-override and client-address headers (`X-Original-URL`, `True-Client-IP`...), are
+  kept only from trusted proxies, and never in a `_` spelling;
+* the Ory credential (session cookie, `X-Session-Token`, `Authorization: Bearer`) is removed
+  from what the app sees (unless configured otherwise);
 * several `Set-Cookie` headers stay several (raw header lists, never a dict);
 * upstream connect error → 502, timeout → 504; a client that goes away cancels the upstream
   request; WebSocket upgrades are relayed both ways after the gate admitted the handshake.
@@ -49,6 +52,39 @@ HOP_BY_HOP = frozenset(
 _FORWARDED = frozenset(
     {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded", b"x-real-ip"}
 )
+# Headers some servers and frameworks honour to rewrite the path, scheme, host or client
+# address (IIS/Symfony X-Original-URL, Spring X-Forwarded-Prefix, Akamai True-Client-IP...):
+# passed on only from `forwarded.trusted_proxies`, like X-Forwarded-*.
+_ROUTING = frozenset(
+    {
+        b"x-original-url",
+        b"x-original-uri",
+        b"x-rewrite-url",
+        b"x-forwarded-prefix",
+        b"x-forwarded-port",
+        b"x-forwarded-scheme",
+        b"x-forwarded-server",
+        b"x-forwarded-ssl",
+        b"x-forwarded-uri",
+        b"x-forwarded-path",
+        b"x-forwarded",
+        b"forwarded-for",
+        b"x-url-scheme",
+        b"front-end-https",
+        b"true-client-ip",
+        b"x-client-ip",
+        b"x-cluster-client-ip",
+        b"cf-connecting-ip",
+        b"fastly-client-ip",
+        b"x-host",
+        b"x-original-host",
+        b"x-http-host-override",
+    }
+)
+_TRUSTED_ONLY = _FORWARDED | _ROUTING
+# `_` spellings (X_Original_URL) are dropped from anyone: servers that fold `_` into `-` would
+# read them as the real header, and no proxy sends them.
+_NEVER_WITH_UNDERSCORE = _TRUSTED_ONLY | {b"x-session-token"}
 _WS_HANDSHAKE = frozenset(
     {
         b"sec-websocket-key",
@@ -60,7 +96,8 @@ _WS_HANDSHAKE = frozenset(
 # Request headers the proxy looks at; everything else is passed on as is.
 # `Expect` is dropped: the client's ASGI server answers `100-continue` itself, and aiohttp would
 # otherwise wait for the app's `100` before sending a body the gate already holds.
-_SPECIAL = HOP_BY_HOP | _FORWARDED | {b"host", b"connection", b"cookie", b"expect"}
+_SPECIAL = HOP_BY_HOP | _TRUSTED_ONLY | {b"host", b"connection", b"cookie", b"expect"}
+_CREDENTIALS = frozenset({b"x-session-token", b"authorization"})
 CHUNK = 64 * 1024
 # A client that leaves is noticed by a watcher task; answers faster than this never start one
 # (a task per request costs ~5% of the hot path), they just finish unread.
@@ -111,6 +148,12 @@ class _DisconnectWatch:
             self.watcher.cancel()
 
 
+def http_scheme(scope: Scope) -> str:
+    """http/https for a WebSocket's ws/wss as well: X-Forwarded-Proto names the HTTP scheme."""
+    scheme = scope.get("scheme", "http")
+    return {"ws": "http", "wss": "https"}.get(scheme, scheme)
+
+
 def _has_body(headers: RawHeaders) -> bool:
     for name, value in headers:
         if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
@@ -146,6 +189,8 @@ class UpstreamProxy:
         max_connections: int = 256,
         trusted_proxies: list[str] | None = None,
         strip_cookie: Callable[[str], bool] | None = None,
+        strip_tokens: bool = False,
+        public_url: str | None = None,
         strip_cors_headers: bool = False,
         protected_headers: frozenset[str] = frozenset(),
         pool_timeout: float = 2.0,
@@ -167,6 +212,13 @@ class UpstreamProxy:
         self.body_timeout = body_timeout
         # bodies up to this size are read whole before an upstream connection is taken
         self.buffer_request_body = buffer_request_body
+        # X-Session-Token and `Authorization: Bearer`: the Ory credential's other forms
+        self.strip_tokens = strip_tokens
+        self.special = _SPECIAL | _CREDENTIALS if strip_tokens else _SPECIAL
+        # the configured external URL is what the app is told, not the client's Host
+        public = URL(public_url) if public_url else None
+        self.public_host = public.raw_authority if public is not None else None
+        self.public_scheme = public.scheme if public is not None else None
         # the gate's identity headers: a client's `Connection` must not remove them
         self.protected = frozenset(n.lower().replace("_", "-") for n in protected_headers)
         self.host_header = URL(self.base).raw_authority
@@ -220,11 +272,12 @@ class UpstreamProxy:
         """The headers the app receives. One pass; a list, since aiohttp copies it anyway."""
         out: list[tuple[str, str]] = []
         named: list[bytes] = []  # what `Connection` names: hop-by-hop for this request only
+        special = self.special
         trusted: bool | None = None
         xff = proto = fhost = host = ""
         for name, value in headers:
-            if name not in _SPECIAL:
-                if b"_" in name and name.replace(b"_", b"-") in _FORWARDED:
+            if name not in special:
+                if b"_" in name and name.replace(b"_", b"-") in _NEVER_WITH_UNDERSCORE:
                     continue  # X_Forwarded_For: servers that fold `_` would trust it
                 out.append((name.decode("latin-1"), value.decode("latin-1")))
             elif name == b"host":
@@ -243,7 +296,15 @@ class UpstreamProxy:
                 ]
                 if kept:
                     out.append(("cookie", "; ".join(kept)))
-            elif name in _FORWARDED:
+            elif name == b"authorization":
+                # every Bearer, even one the gate did not use (a cookie won): it can only be an
+                # Ory session token or a credential the app must not receive from a client
+                scheme = value.split(None, 1)
+                if not scheme or scheme[0].lower() != b"bearer":
+                    out.append(("authorization", value.decode("latin-1")))
+            elif name == b"x-session-token":
+                continue  # every one of them, the one the gate used and any duplicate
+            elif name in _TRUSTED_ONLY:
                 if trusted is None:
                     trusted = self._trusted_peer(scope)
                 if not trusted:
@@ -264,9 +325,13 @@ class UpstreamProxy:
             out = [(n, v) for n, v in out if n.lower().replace("_", "-") not in drop]
         peer = (scope.get("client") or ("", 0))[0]
         out.append(("X-Forwarded-For", f"{xff}, {peer}" if xff and peer else (xff or peer)))
-        out.append(("X-Forwarded-Proto", proto or scope.get("scheme", "http")))
-        if fhost or host:
-            out.append(("X-Forwarded-Host", fhost or host))
+        if self.public_host is not None:
+            out.append(("X-Forwarded-Proto", self.public_scheme or "http"))
+            out.append(("X-Forwarded-Host", self.public_host))
+        else:
+            out.append(("X-Forwarded-Proto", proto or http_scheme(scope)))
+            if fhost or host:
+                out.append(("X-Forwarded-Host", fhost or host))
         out.append(("Host", self.host_header))
         return out
 
@@ -481,8 +546,15 @@ class UpstreamProxy:
 
     # -- WebSocket --------------------------------------------------------------------------
     async def websocket(
-        self, scope: Scope, receive: Receive, send: Send, headers: RawHeaders
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        headers: RawHeaders,
+        ended: asyncio.Future[tuple[int, str]] | None = None,
     ) -> None:
+        """Relay one WebSocket; close codes and reasons pass both ways. `ended`, when it
+        resolves to (code, reason), closes both sides with them (the session is over)."""
         first = await receive()  # websocket.connect
         if first["type"] != "websocket.connect":
             return
@@ -508,7 +580,10 @@ class UpstreamProxy:
             while True:
                 message = await receive()
                 if message["type"] == "websocket.disconnect":
-                    await ws.close(code=message.get("code", 1000))
+                    # 1005 (no code) and 1006 (connection lost) cannot be sent in a frame
+                    code = _close_code(message.get("code", 1000), {1005: 1000, 1006: 1001})
+                    reason = _close_reason(message.get("reason"))
+                    await ws.close(code=code, message=reason.encode())
                     return
                 if message.get("text") is not None:
                     await ws.send_str(message["text"])
@@ -516,24 +591,61 @@ class UpstreamProxy:
                     await ws.send_bytes(message["bytes"])
 
         async def upstream_to_client() -> None:
-            async for msg in ws:
+            code, reason = 1011, ""  # the app's connection ended without a close frame
+            while True:
+                msg = await ws.receive()
                 if msg.type == aiohttp.WSMsgType.TEXT:
                     await send({"type": "websocket.send", "text": msg.data})
                 elif msg.type == aiohttp.WSMsgType.BINARY:
                     await send({"type": "websocket.send", "bytes": msg.data})
-                else:
+                elif msg.type == aiohttp.WSMsgType.CLOSE:
+                    code = _close_code(msg.data, {1005: 1000})
+                    reason = _close_reason(msg.extra)
+                    await ws.close(code=code, message=reason.encode())  # the closing handshake
+                    break
+                elif msg.type in (aiohttp.WSMsgType.PING, aiohttp.WSMsgType.PONG):
+                    continue
+                else:  # CLOSING, CLOSED, ERROR
                     break
             with contextlib.suppress(Exception):
-                await send({"type": "websocket.close", "code": ws.close_code or 1000})
+                await send({"type": "websocket.close", "code": code, "reason": reason})
 
         tasks = [
             asyncio.create_task(client_to_upstream()),
             asyncio.create_task(upstream_to_client()),
         ]
+        waiting: list[asyncio.Future[object]] = [*tasks]
+        if ended is not None:
+            waiting.append(ended)  # type: ignore[arg-type]
         try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            if ended is not None and ended in done:
+                code, reason = ended.result()
+                for t in tasks:
+                    t.cancel()
+                with contextlib.suppress(Exception):
+                    await send({"type": "websocket.close", "code": code, "reason": reason})
+                await ws.close(code=code, message=reason.encode())
         finally:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await ws.close()
+
+
+def _close_code(code: object, replace: dict[int, int]) -> int:
+    """A code that may be sent in a close frame (RFC 6455 7.4); others become 1011."""
+    if not isinstance(code, int):
+        return 1011
+    code = replace.get(code, code)
+    if code in (1004, 1005, 1006, 1015) or not (1000 <= code <= 1014 or 3000 <= code <= 4999):
+        return 1011
+    return code
+
+
+def _close_reason(reason: object) -> str:
+    """At most 123 bytes of UTF-8 (a close frame's payload is 125 bytes with the code)."""
+    if not isinstance(reason, str) or not reason:
+        return ""
+    raw = reason.encode("utf-8", "replace")[:123]
+    return raw.decode("utf-8", "ignore")

@@ -1,4 +1,4 @@
-"""Gate test fixtures: `make_stack(**overrides)` and `stack` (the stack: gate_stack.py)."""
+"""Gate test fixtures: `make_stack(fake_options, app, **overrides)` and `stack` (gate_stack.py)."""
 
 from __future__ import annotations
 
@@ -17,10 +17,12 @@ from sessiongate.testing import FakeKratosServer, UvicornThread
 def make_stack() -> Iterator[Callable[..., Stack]]:
     started: list[Callable[[], None]] = []
 
-    def build(fake_options: dict[str, Any] | None = None, **overrides: Any) -> Stack:
+    def build(
+        fake_options: dict[str, Any] | None = None, app: Any = None, **overrides: Any
+    ) -> Stack:
         kratos = FakeKratosServer(**(fake_options or {})).start()
         started.append(kratos.stop)
-        app = EchoApp()
+        app = EchoApp() if app is None else app
         upstream = UvicornThread(app)
         upstream.start()
         started.append(upstream.stop)

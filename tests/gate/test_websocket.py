@@ -1,0 +1,277 @@
+"""WebSockets through the real gate: the handshake's Origin, sockets that outlive their session,
+and close codes and reasons in both directions (websocket_guard.py, proxy.py).
+
+Clients are `websockets` connections to the gate under uvicorn; revocations go through the
+gate's own relay routes, as an Ory SDK would send them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from gate_stack import Stack
+from starlette.types import Receive, Scope, Send
+from test_proxy import no_asgi_exceptions  # noqa: F401  (autouse: errors the servers log fail)
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from resources import until
+
+WHOAMI = ("GET", "/sessions/whoami")
+
+
+def ws_url(stack: Stack, path: str = "/ws") -> str:
+    return stack.url.replace("http://", "ws://", 1) + path
+
+
+def connect(stack: Stack, headers: dict[str, str], origin: str | None = None) -> Any:
+    return ws_connect(
+        ws_url(stack),
+        additional_headers=headers,
+        origin=origin,
+        open_timeout=5,  # type: ignore[arg-type]
+    )
+
+
+async def drain(ws: ClientConnection) -> None:
+    while True:
+        await ws.recv()
+
+
+async def closed_with(ws: ClientConnection, seconds: float = 10) -> tuple[int, str]:
+    """The close code and reason the gate sent, waiting at most `seconds`."""
+    with pytest.raises(ConnectionClosed) as info:
+        await asyncio.wait_for(drain(ws), seconds)
+    rcvd = info.value.rcvd
+    assert rcvd is not None, info.value
+    return rcvd.code, rcvd.reason
+
+
+async def still_open(ws: ClientConnection) -> None:
+    await ws.send("ping")
+    assert await asyncio.wait_for(ws.recv(), 5) == "echo:ping"
+
+
+# -- item 8: Origin --------------------------------------------------------------------------
+def foreign_origins(stack: Stack) -> list[str]:
+    port = stack.gate_server.port
+    return [
+        "http://evil.example",
+        "null",  # sandboxed frames, file: pages
+        f"https://127.0.0.1:{port}",  # another scheme
+        f"http://127.0.0.1:{port + 1}",  # another port
+        "http://127.0.0.1",
+        f"http://127.0.0.1.evil.example:{port}",
+        f"http://evil.example/127.0.0.1:{port}",
+        f"http://127.0.0.1:{port}.evil.example",
+        f"http://127.0.0.1:{port}@evil.example",
+        "https://app.example.com.evil.example",  # an allowed origin as a prefix
+    ]
+
+
+async def test_a_cookie_handshake_from_a_foreign_origin_is_refused(make_stack) -> None:
+    stack = make_stack(cors={"allowed_origins": ["https://app.example.com"]})
+    alice = stack.fake.login("alice@example.com")
+    cookie = {"Cookie": stack.fake.cookie_header(alice)}
+    whoami = stack.fake.count(*WHOAMI)
+    for origin in foreign_origins(stack):
+        with pytest.raises(InvalidStatus) as info:
+            async with connect(stack, cookie, origin):
+                pass
+        assert info.value.response.status_code == 403, origin
+    assert stack.app.requests == []
+    assert stack.fake.count(*WHOAMI) == whoami  # refused before any whoami
+
+
+async def test_a_cookie_handshake_from_the_gate_or_an_allowed_origin_passes(make_stack) -> None:
+    stack = make_stack(cors={"allowed_origins": ["https://app.example.com"]})
+    alice = stack.fake.login("alice@example.com")
+    cookie = {"Cookie": stack.fake.cookie_header(alice)}
+    for origin in (stack.url, "https://app.example.com", None):  # None: not a browser
+        async with connect(stack, cookie, origin) as ws:
+            assert json.loads(await asyncio.wait_for(ws.recv(), 5)) == {"user": alice.identity_id}
+    assert len(stack.app.requests) == 3
+
+
+async def test_a_token_handshake_is_not_checked_for_origin(stack: Stack) -> None:
+    # a page cannot put a token on a WebSocket handshake: a token means a non-browser client
+    alice = stack.fake.login("alice@example.com")
+    for headers in ({"X-Session-Token": alice.token}, {"Authorization": f"Bearer {alice.token}"}):
+        async with connect(stack, headers, "http://evil.example") as ws:
+            assert json.loads(await asyncio.wait_for(ws.recv(), 5)) == {"user": alice.identity_id}
+
+
+async def test_a_token_beside_a_cookie_from_a_foreign_origin_is_checked_by_the_winner(
+    stack: Stack,
+) -> None:
+    alice = stack.fake.login("alice@example.com")
+    cookie = stack.fake.cookie_header(alice)
+    # X-Session-Token wins over the cookie: not a browser-made handshake
+    async with connect(stack, {"X-Session-Token": alice.token, "Cookie": cookie}, "null") as ws:
+        await asyncio.wait_for(ws.recv(), 5)
+    # a Bearer loses to the cookie: the cookie authenticates, so the Origin counts
+    with pytest.raises(InvalidStatus):
+        async with connect(
+            stack, {"Authorization": f"Bearer {alice.token}", "Cookie": cookie}, "null"
+        ):
+            pass
+
+
+# -- item 8: sockets end with their session --------------------------------------------------
+async def test_revoking_the_session_through_the_gate_closes_its_socket(stack: Stack) -> None:
+    alice = stack.fake.login("alice@example.com")
+    other = stack.fake.login("alice@example.com")  # alice on a second device
+    async with (
+        connect(stack, {"X-Session-Token": alice.token}) as ws,
+        connect(stack, {"X-Session-Token": other.token}) as kept,
+    ):
+        await asyncio.wait_for(ws.recv(), 5)
+        await asyncio.wait_for(kept.recv(), 5)
+        async with stack.client() as c:
+            r = await c.delete(f"/sessions/{alice.id}", headers={"X-Session-Token": other.token})
+        assert r.status_code == 204, r.text
+        assert await closed_with(ws, 5) == (1008, "The session was revoked.")
+        await still_open(kept)
+
+
+async def test_revoking_the_other_sessions_closes_their_sockets_only(stack: Stack) -> None:
+    alice = stack.fake.login("alice@example.com")
+    current = stack.fake.login("alice@example.com")
+    async with (
+        connect(stack, {"X-Session-Token": alice.token}) as ws,
+        connect(stack, {"X-Session-Token": current.token}) as kept,
+    ):
+        await asyncio.wait_for(ws.recv(), 5)
+        await asyncio.wait_for(kept.recv(), 5)
+        async with stack.client() as c:
+            r = await c.delete("/sessions", headers={"X-Session-Token": current.token})
+        assert r.status_code == 200, r.text
+        assert await closed_with(ws, 5) == (1008, "The session was revoked.")
+        await still_open(kept)
+
+
+async def test_clearing_the_cache_rechecks_every_socket(stack: Stack) -> None:
+    alice = stack.fake.login("alice@example.com")
+    bob = stack.fake.login("bob@example.com")
+    async with (
+        connect(stack, {"X-Session-Token": alice.token}) as ws,
+        connect(stack, {"X-Session-Token": bob.token}) as kept,
+    ):
+        await asyncio.wait_for(ws.recv(), 5)
+        await asyncio.wait_for(kept.recv(), 5)
+        stack.fake.revoke_session(alice.id)  # in Kratos, behind the gate's back
+        stack.gate.cache.clear()  # "some sessions were revoked": from another thread, too
+        assert await closed_with(ws, 5) == (1008, "The session ended.")
+        await still_open(kept)
+
+
+async def test_a_session_revoked_elsewhere_closes_its_socket_when_the_entry_lapses(
+    make_stack,
+) -> None:
+    stack = make_stack(cache={"ttl": 1})
+    alice = stack.fake.login("alice@example.com")
+    bob = stack.fake.login("bob@example.com")
+    async with (
+        connect(stack, {"X-Session-Token": alice.token}) as ws,
+        connect(stack, {"X-Session-Token": bob.token}) as kept,
+    ):
+        await asyncio.wait_for(ws.recv(), 5)
+        await asyncio.wait_for(kept.recv(), 5)
+        before = stack.fake.count(*WHOAMI)
+        stack.fake.revoke_session(alice.id)
+        assert await closed_with(ws, 4) == (1008, "The session ended.")
+        # bob's socket is re-checked once a TTL (bounded timers, not a loop), and stays open
+        await asyncio.sleep(2.5)
+        await still_open(kept)
+        assert 2 <= stack.fake.count(*WHOAMI) - before <= 6
+    assert await until(lambda: stack.gate.websockets.open_sockets == 0, 5)
+
+
+async def test_a_socket_whose_session_cannot_be_checked_again_is_closed(make_stack) -> None:
+    stack = make_stack(cache={"ttl": 1})
+    alice = stack.fake.login("alice@example.com")
+    async with connect(stack, {"X-Session-Token": alice.token}) as ws:
+        await asyncio.wait_for(ws.recv(), 5)
+        stack.kratos.stop()  # Kratos unreachable: two retries, then fail closed
+        code, reason = await closed_with(ws, 10)
+    assert code == 1013, reason
+    assert "try again later" in reason
+
+
+async def test_a_public_path_socket_is_not_watched(stack: Stack) -> None:
+    # no session: /public/* needs none, and there is nothing to end
+    async with ws_connect(ws_url(stack, "/public/ws"), open_timeout=5) as ws:
+        await asyncio.wait_for(ws.recv(), 5)
+        assert stack.gate.websockets.open_sockets == 0
+        await still_open(ws)
+
+
+# -- item 13: close codes and reasons, both ways ---------------------------------------------
+class ClosingApp:
+    """Closes with the code and reason a client asks for (`close:<code>:<reason>`), and
+    records the code and reason of a client's close."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.disconnects: list[tuple[int, str]] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "websocket":
+            return
+        await receive()
+        await send({"type": "websocket.accept"})
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                self.disconnects.append((message.get("code", 0), message.get("reason") or ""))
+                return
+            text = message.get("text") or ""
+            if text.startswith("close:"):
+                _, code, reason = text.split(":", 2)
+                await send({"type": "websocket.close", "code": int(code), "reason": reason})
+                return
+            await send({"type": "websocket.send", "text": "echo:" + text})
+
+
+@pytest.mark.parametrize(
+    ("code", "reason"), [(4001, "bye from the app"), (1001, ""), (1000, "é" * 61)]
+)
+async def test_the_apps_close_code_and_reason_reach_the_client(make_stack, code, reason) -> None:
+    stack = make_stack(app=ClosingApp())
+    alice = stack.fake.login("alice@example.com")
+    async with connect(stack, {"X-Session-Token": alice.token}) as ws:
+        await ws.send(f"close:{code}:{reason}")
+        assert await closed_with(ws, 5) == (code, reason)
+
+
+@pytest.mark.parametrize(("code", "reason"), [(4002, "bye from the client"), (1000, "done")])
+async def test_the_clients_close_code_and_reason_reach_the_app(make_stack, code, reason) -> None:
+    app = ClosingApp()
+    stack = make_stack(app=app)
+    alice = stack.fake.login("alice@example.com")
+    async with connect(stack, {"X-Session-Token": alice.token}) as ws:
+        await ws.send("hello")
+        assert await asyncio.wait_for(ws.recv(), 5) == "echo:hello"
+        await ws.close(code, reason)
+    assert await until(lambda: app.disconnects != [], 5)
+    assert app.disconnects == [(code, reason)]
+
+
+async def test_a_revoked_sockets_app_side_is_told_why(make_stack) -> None:
+    app = ClosingApp()
+    stack = make_stack(app=app)
+    alice = stack.fake.login("alice@example.com")
+    other = stack.fake.login("alice@example.com")
+    async with connect(stack, {"X-Session-Token": alice.token}) as ws:
+        await ws.send("hello")
+        await asyncio.wait_for(ws.recv(), 5)
+        async with stack.client() as c:
+            r = await c.delete(f"/sessions/{alice.id}", headers={"X-Session-Token": other.token})
+        assert r.status_code == 204
+        assert await closed_with(ws, 5) == (1008, "The session was revoked.")
+    assert await until(lambda: app.disconnects != [], 5)
+    assert app.disconnects == [(1008, "The session was revoked.")]
