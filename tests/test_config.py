@@ -47,7 +47,7 @@ def test_defaults_are_the_documented_ones():
     assert s.cache.ttl == 60
     assert s.cache.max_entries == 100_000
     assert s.cache.negative_ttl == 2
-    assert s.access.public_paths == ["/health/*"]
+    assert s.access.public_paths == ["/health/**"]
     assert s.access.allowed_return_to == []
     assert s.identity_headers == {
         "X-User-Id": "identity.id",

@@ -99,6 +99,42 @@ def origin_of(url: str) -> str:
     return f"{scheme}://{host}:{port}"
 
 
+def glob_regex(glob: str) -> str:
+    """A path glob as a regex: `*` and `?` stay inside one segment, `**` crosses `/`.
+
+    `[...]` is a character class as in fnmatch (`[!...]` negates) and never matches `/`.
+    """
+    out, i, n = [], 0, len(glob)
+    while i < n:
+        if glob.startswith("**", i):
+            out.append(".*")
+            i += 2
+            continue
+        ch = glob[i]
+        i += 1
+        if ch == "*":
+            out.append("[^/]*")
+        elif ch == "?":
+            out.append("[^/]")
+        elif ch == "[" and (end := glob.find("]", i + 2 if glob.startswith("!", i) else i + 1)) > 0:
+            # as fnmatch: a `]` right after `[` or `[!` is a member, not the end
+            body = glob[i:end]
+            negate = body.startswith("!")
+            body = re.sub(r"([\\\[\]^&~|])", r"\\\1", body[1:] if negate else body)
+            out.append("(?!/)[" + ("^" if negate else "") + body + "]")
+            i = end + 1
+        else:
+            out.append(re.escape(ch))
+    return "".join(out)
+
+
+def path_globs_pattern(globs: list[str] | tuple[str, ...]) -> re.Pattern[str] | None:
+    """One compiled pattern for all globs (a single match per request), None for no globs."""
+    if not globs:
+        return None
+    return re.compile("(?:" + "|".join(f"(?:{glob_regex(g)})" for g in globs) + r")\Z", re.DOTALL)
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -171,7 +207,7 @@ class Cache(_Section):
 
 
 class Access(_Section):
-    public_paths: list[str] = Field(default_factory=lambda: ["/health/*"])
+    public_paths: list[str] = Field(default_factory=lambda: ["/health/**"])
     login_url: str = "http://127.0.0.1:4455/self-service/login/browser"
     allowed_return_to: list[str] = Field(default_factory=list)
 
@@ -531,6 +567,23 @@ def runtime_problems(settings: Settings, environ: Mapping[str, str] | None = Non
             f"(environment variable {admin.keys_env}) nor allow_identities rules"
         ]
     return []
+
+
+def config_warnings(settings: Settings) -> list[str]:
+    """Settings that work but are probably not what was meant (check-config and start-up)."""
+    out = []
+    if settings.public_url is None:
+        out.append(
+            "public_url: not set, so each request's Host header decides the origin used for "
+            "return_to and for URLs the relay rewrites; set it to the gate's external URL"
+        )
+    for glob in settings.access.public_paths:
+        if glob.endswith("/*"):
+            out.append(
+                f"access.public_paths: {glob!r} matches one path segment only (`*` does not "
+                f"cross '/'); write {glob[:-1] + '*'!r} for everything below {glob[:-2] or '/'}"
+            )
+    return out
 
 
 def ory_api_key(environ: Mapping[str, str] | None = None) -> str | None:

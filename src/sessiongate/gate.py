@@ -16,7 +16,14 @@ import httpx
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import Receive, Scope, Send
 
-from sessiongate.config import ConfigError, Settings, ory_api_key, runtime_problems
+from sessiongate.config import (
+    ConfigError,
+    Settings,
+    config_warnings,
+    ory_api_key,
+    runtime_problems,
+)
+from sessiongate.decide import Decider
 from sessiongate.gatekeeper import Gatekeeper
 from sessiongate.kratos import KratosClient
 from sessiongate.proxy import UpstreamProxy
@@ -46,6 +53,8 @@ class Gate:
         problems = runtime_problems(settings)
         if problems:
             raise ConfigError(problems)
+        for warning in config_warnings(settings):
+            log.warning("configuration: %s", warning)
         self.settings = settings
         self.kratos = KratosClient(
             settings.ory.public_url,
@@ -104,7 +113,7 @@ class Gate:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            if self.cors is None:
+            if self.cors is None or (not self.cors_all and self._app_preflight(scope)):
                 await self._http(scope, receive, send)
                 return
             if not self.cors_all:
@@ -123,6 +132,9 @@ class Gate:
         if not path.startswith("/"):  # `OPTIONS *`, or an absolute form the server kept whole
             await send_error(send, 400, reason="The request target must be a path.")
             return
+        if not Decider.has_one_host(scope["headers"]):
+            await send_error(send, 400, reason="The request must carry exactly one Host header.")
+            return
         if path in (HEALTH_ALIVE, HEALTH_READY):
             await self._health(path, send)
             return
@@ -130,9 +142,24 @@ class Gate:
             await self.relay(scope, receive, send)
             return
         gatekeeper = self.gatekeeper
+        if Decider.is_preflight(scope["method"], scope["headers"]):
+            # The gate's CORS does not cover this route (see `_app_preflight`): the app answers
+            # its own preflights, which browsers send without credentials.
+            headers = gatekeeper.identity.strip(scope["headers"])
+            await self.proxy.forward(scope, receive, scope.get(RAW_SEND, send), headers)
+            return
         admitted = gatekeeper.quick(scope) or await gatekeeper.check(scope, send)
         if admitted is not None:
             await self.proxy.forward(scope, receive, scope.get(RAW_SEND, send), admitted.headers)
+
+    def _app_preflight(self, scope: Scope) -> bool:
+        """A preflight for an app route while `cors.apply_to` is `sessions`: the app's to answer."""
+        path = scope["path"]
+        return (
+            Decider.is_preflight(scope["method"], scope["headers"])
+            and path not in (HEALTH_ALIVE, HEALTH_READY)
+            and not (self.relay is not None and self.relay.matches(path))
+        )
 
     async def _health(self, path: str, send: Send) -> None:
         if path == HEALTH_ALIVE:
