@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from pydantic import ValidationError
@@ -362,3 +363,74 @@ def test_listen_server_and_workers_are_checked():
     )
     assert sorted(p.split(":", 1)[0] for p in problems) == ["listen.server", "listen.workers"]
     assert any("granian" in p and "uvicorn" in p for p in problems), problems
+
+
+# --- access.login_url ------------------------------------------------------------------------
+
+
+def test_login_url_defaults_to_kratos_browser_login():
+    assert Settings().access.login_url == "http://127.0.0.1:4433/self-service/login/browser"
+    s = load_settings(None, {"SESSIONGATE_ORY__PUBLIC_URL": "https://proj.oryapis.com/"})
+    assert s.access.login_url == "https://proj.oryapis.com/self-service/login/browser"
+    # set explicitly, it stays; `null` brings the default back
+    s = Settings.model_validate({"access": {"login_url": "https://auth.example.com/login"}})
+    assert s.access.login_url == "https://auth.example.com/login"
+    s = load_settings(None, {"SESSIONGATE_ACCESS__LOGIN_URL": "null"})
+    assert s.access.login_url == "http://127.0.0.1:4433/self-service/login/browser"
+
+
+# A login URL the gate itself would answer, behind a session: a redirect loop. Each is refused
+# unless its path is public.
+LOOPING_LOGINS = [
+    ({}, "/login"),
+    ({}, "/self-service/login/browser"),
+    ({}, "http://127.0.0.1:4455/self-service/login/browser"),  # the old default
+    ({}, "http://LOCALHOST:4455/x"),
+    ({"listen": {"host": "localhost"}}, "http://localhost:4455/x"),
+    ({"listen": {"host": "0.0.0.0", "port": 8000}}, "http://127.0.0.1:8000/login"),
+    ({"listen": {"host": "0.0.0.0", "port": 8000}}, "http://localhost:8000/login"),
+    ({"listen": {"host": "::1", "port": 80}}, "http://[::1]/login"),
+    ({"public_url": "https://app.example.com"}, "https://app.example.com/login"),
+    ({"public_url": "https://app.example.com"}, "https://APP.example.com:443/login?x=1"),
+    ({"public_url": "https://app.example.com/"}, "https://app.example.com"),
+    ({"public_url": "https://app.example.com:8443"}, "https://app.example.com:8443/a/b"),
+]
+
+
+@pytest.mark.parametrize(("extra", "login"), LOOPING_LOGINS)
+def test_a_login_url_behind_the_gate_is_refused(extra, login):
+    with pytest.raises(ValidationError, match="log in again"):
+        Settings.model_validate({**extra, "access": {"login_url": login}})
+    problems = problems_of(None, {"SESSIONGATE_ACCESS__LOGIN_URL": login, **_env_of(extra)})
+    assert any("access.login_url" in p and "forever" in p for p in problems), problems
+    # the same URL with its path public is fine
+    path = urlsplit(login).path or "/"
+    public = ["/health/**", path if path != "/" else "/"]
+    Settings.model_validate({**extra, "access": {"login_url": login, "public_paths": public}})
+
+
+@pytest.mark.parametrize(
+    ("extra", "login"),
+    [
+        ({}, "http://127.0.0.1:4433/self-service/login/browser"),
+        ({}, "http://127.0.0.1:4456/login"),  # another port, another origin
+        ({"public_url": "https://app.example.com"}, "https://auth.example.com/login"),
+        ({"public_url": "https://app.example.com"}, "http://app.example.com/login"),  # scheme
+        ({"public_url": "https://app.example.com"}, "https://app.example.com.evil/login"),
+        ({"listen": {"host": "0.0.0.0", "port": 8000}}, "http://127.0.0.1:4433/login"),
+    ],
+)
+def test_a_login_url_elsewhere_is_fine(extra, login):
+    s = Settings.model_validate({**extra, "access": {"login_url": login}})
+    assert s.access.login_url == login
+
+
+def _env_of(extra: dict) -> dict[str, str]:
+    env = {}
+    for key, value in extra.items():
+        if isinstance(value, dict):
+            for sub, v in value.items():
+                env[f"SESSIONGATE_{key.upper()}__{sub.upper()}"] = str(v)
+        else:
+            env[f"SESSIONGATE_{key.upper()}"] = value
+    return env

@@ -8,6 +8,7 @@ environment (`ORY_API_KEY`) by `ory_api_key()`.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import re
@@ -31,6 +32,7 @@ ENV_PREFIX = "SESSIONGATE_"
 CONFIG_ENV = "SESSIONGATE_CONFIG"
 API_KEY_ENV = "ORY_API_KEY"
 ADMIN_KEYS_ENV = "SESSIONGATE_ADMIN_KEYS"  # a secret, not a settings override
+LOGIN_PATH = "/self-service/login/browser"  # Kratos' browser login flow
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -208,12 +210,16 @@ class Cache(_Section):
 
 class Access(_Section):
     public_paths: list[str] = Field(default_factory=lambda: ["/health/**"])
-    login_url: str = "http://127.0.0.1:4455/self-service/login/browser"
+    # unset: Kratos' browser login, ory.public_url + LOGIN_PATH (filled in by Settings)
+    login_url: str | None = None
     allowed_return_to: list[str] = Field(default_factory=list)
 
     @field_validator("login_url")
     @classmethod
-    def _login(cls, v: str) -> str:
+    def _login(cls, v: str | None) -> str | None:
+        if v in (None, ""):
+            return None
+        assert v is not None
         if v.startswith("/") and not v.startswith("//"):
             return v
         parts = urlsplit(v)
@@ -443,13 +449,79 @@ class Settings(_Section):
             raise ValueError("log_level is one of critical, error, warning, info, debug")
         return v.lower()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_login_url(cls, data: Any) -> Any:
+        """`access.login_url` unset: Kratos' browser login at `ory.public_url`."""
+        if not isinstance(data, dict):
+            return data
+        access, ory = data.get("access"), data.get("ory")
+        if isinstance(access, Access):
+            access = access.model_dump()
+        if access is not None and not isinstance(access, dict):
+            return data  # the section's own validation reports it
+        if (access or {}).get("login_url") not in (None, ""):
+            return data
+        if isinstance(ory, Ory):
+            kratos = ory.public_url
+        elif ory is None or isinstance(ory, dict):
+            kratos = (ory or {}).get("public_url", Ory.model_fields["public_url"].default)
+            try:
+                kratos = (
+                    _http_url(kratos, field="ory.public_url") if isinstance(kratos, str) else ""
+                )
+            except ValueError:
+                kratos = ""  # reported by ory.public_url's own validation
+        else:
+            kratos = ""
+        if kratos:
+            data = {**data, "access": {**(access or {}), "login_url": kratos + LOGIN_PATH}}
+        return data
+
     @model_validator(mode="after")
     def _cross(self) -> Settings:
+        self._login_url_is_not_protected()
         if self.session_header and self.session_header.lower().replace("_", "-") in {
             n.lower().replace("_", "-") for n in self.identity_headers
         }:
             raise ValueError("session_header repeats an identity header")
         return self
+
+    def gate_origins(self) -> set[str]:
+        """Origins that certainly reach this gate: `public_url` and the listen address."""
+        origins = {origin_of(self.public_url)} if self.public_url else set()
+        host, port = self.listen.host, self.listen.port
+        names = {host}
+        with contextlib.suppress(ValueError):
+            if ipaddress.ip_address(host).is_unspecified:  # 0.0.0.0, ::
+                names = {"127.0.0.1", "localhost", "::1"}
+        if names & {"127.0.0.1", "localhost"}:
+            names |= {"127.0.0.1", "localhost"}  # the same loopback listener
+        for name in names:
+            with contextlib.suppress(ValueError):  # a host no URL can hold: nothing to match
+                origins.add(
+                    origin_of(f"http://[{name}]:{port}" if ":" in name else f"http://{name}:{port}")
+                )
+        return origins
+
+    def _login_url_is_not_protected(self) -> None:
+        """A login page behind the gate itself sends a browser to log in, forever."""
+        login = self.access.login_url
+        if login is None:
+            return
+        if login.startswith("/"):
+            path = urlsplit(login).path
+        elif origin_of(login) in self.gate_origins():
+            path = urlsplit(login).path or "/"
+        else:
+            return
+        public = path_globs_pattern(self.access.public_paths)
+        if public is None or public.match(path) is None:
+            raise ValueError(
+                f"access.login_url {login!r} is served by the gate itself and its path is not in "
+                f"access.public_paths: browsers would be sent to log in again, forever. Use "
+                f"Kratos' login (ory.public_url + {LOGIN_PATH}, the default) or make it public"
+            )
 
     def spoofable_headers(self) -> frozenset[str]:
         """Canonical names (lower case, `_` as `-`) the gate owns and clients must not send."""
@@ -581,7 +653,7 @@ def config_warnings(settings: Settings) -> list[str]:
         if glob.endswith("/*"):
             out.append(
                 f"access.public_paths: {glob!r} matches one path segment only (`*` does not "
-                f"cross '/'); write {glob[:-1] + '*'!r} for everything below {glob[:-2] or '/'}"
+                f"cross '/'); write {glob + '*'!r} for everything below {glob[:-2] or '/'}"
             )
     return out
 

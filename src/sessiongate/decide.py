@@ -52,11 +52,14 @@ class Decider:
 
     @staticmethod
     def has_one_host(headers: RawHeaders) -> bool:
-        """Exactly one Host header. With none or several, the origin (first Host) and
-        X-Forwarded-Host (last) could disagree, so such requests are refused with 400."""
+        """Exactly one non-empty Host header. With none or several, the origin (first Host)
+        and X-Forwarded-Host (last) could disagree, so such requests are refused with 400.
+        Empty counts as none: granian hands a request without Host on with `host: ""`."""
         count = 0
-        for name, _ in headers:
+        for name, value in headers:
             if name == b"host":
+                if not value:
+                    return False
                 count += 1
         return count == 1
 

@@ -9,8 +9,10 @@ any authentication), the gate's own health endpoints, the session relay routes, 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import time
 
 import httpx
 from starlette.middleware.cors import CORSMiddleware
@@ -33,6 +35,7 @@ from sessiongate.responses import send_error, send_json
 log = logging.getLogger("sessiongate")
 HEALTH_ALIVE = "/health/alive"
 HEALTH_READY = "/health/ready"
+READY_CACHE_SECONDS = 1.0  # /health/ready asks Kratos at most this often
 RAW_SEND = "sessiongate.raw_send"  # scope key: the server's send, bypassing CORS headers
 
 CORS_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
@@ -88,6 +91,7 @@ class Gate:
             if api.enabled
             else None
         )
+        self._ready, self._ready_until, self._ready_lock = False, 0.0, asyncio.Lock()
         cors = settings.cors
         self.cors_all = cors.apply_to == "all"
         self.cors = (
@@ -165,11 +169,22 @@ class Gate:
         if path == HEALTH_ALIVE:
             await send_json(send, 200, b'{"status":"ok"}')
             return
-        if await self.kratos.ready():
+        if await self._kratos_ready():
             await send_json(send, 200, b'{"status":"ok"}')
         else:
             body = json.dumps({"status": "Kratos is not reachable"}).encode()
             await send_json(send, 503, body, headers=[(b"retry-after", b"2")])
+
+    async def _kratos_ready(self) -> bool:
+        """Kratos' readiness, asked at most once per READY_CACHE_SECONDS (probes can be many)."""
+        now = time.monotonic()
+        if now < self._ready_until:
+            return self._ready
+        async with self._ready_lock:  # concurrent probes share one call
+            if time.monotonic() >= self._ready_until:
+                self._ready = await self.kratos.ready()
+                self._ready_until = time.monotonic() + READY_CACHE_SECONDS
+            return self._ready
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

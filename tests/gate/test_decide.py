@@ -6,7 +6,9 @@ dot segments, encoded slashes or backslashes on the way.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 import unicodedata
 from urllib.parse import parse_qs, urlsplit
 
@@ -60,6 +62,29 @@ def test_gate_health_endpoints_are_answered_by_the_gate(stack) -> None:
     assert status == 200
     assert json.loads(body) == {"status": "ok"}
     assert stack.app.requests == []
+
+
+async def test_ready_asks_kratos_at_most_once_a_second(stack) -> None:
+    def kratos_ready_calls() -> int:
+        return stack.fake.count("GET", "/health/ready")
+
+    async with stack.client() as c:
+        start = time.monotonic()
+        answers = await asyncio.gather(*(c.get("/health/ready") for _ in range(30)))
+        answers += [await c.get("/health/ready") for _ in range(60)]
+        elapsed = time.monotonic() - start
+        assert {r.status_code for r in answers} == {200}
+        # one call per started second at most (concurrent probes share the one call)
+        assert 1 <= kratos_ready_calls() <= 1 + int(elapsed), elapsed
+        await asyncio.sleep(1.1)
+        before = kratos_ready_calls()
+        assert (await c.get("/health/ready")).status_code == 200
+        assert kratos_ready_calls() == before + 1
+        # a failure is cached the same way, and noticed within a second
+        stack.kratos.stop()
+        await asyncio.sleep(1.1)
+        assert (await c.get("/health/ready")).status_code == 503
+        assert (await c.get("/health/ready")).status_code == 503
 
 
 async def test_non_public_paths_need_a_session(stack) -> None:
@@ -366,7 +391,6 @@ MALFORMED_HOSTS = [
     "[fff]",  # bracketed but not IPv6
     "[::1",
     "a_b.test",
-    "",
 ]
 
 
@@ -383,6 +407,7 @@ def test_malformed_host_gives_login_redirect_without_return_to(stack) -> None:
 # (HTTP version, Host header lines): none, or several that may disagree
 AMBIGUOUS_HOSTS = [
     ("1.1", []),
+    ("1.1", [""]),
     ("1.0", []),
     ("1.1", ["gate.test", "evil.com"]),
     ("1.1", ["gate.test", "gate.test"]),
@@ -412,7 +437,8 @@ def test_no_host_or_several_hosts_is_a_400(make_stack, version, hosts, target) -
 def test_has_one_host_unit() -> None:
     one = Decider.has_one_host
     assert one([(b"host", b"a")])
-    assert one([(b"accept", b"*/*"), (b"host", b"")])
+    assert one([(b"accept", b"*/*"), (b"host", b"a:1")])
+    assert not one([(b"host", b"")])  # granian's stand-in for a missing Host
     assert not one([])
     assert not one([(b"x-host", b"a")])
     assert not one([(b"host", b"a"), (b"host", b"a")])
