@@ -379,6 +379,8 @@ def test_login_url_defaults_to_kratos_browser_login():
     assert s.access.login_url == "http://127.0.0.1:4433/self-service/login/browser"
 
 
+ANY_ADDRESS = "0.0.0.0"  # noqa: S104 - a listen setting under test (containers use it)
+
 # A login URL the gate itself would answer, behind a session: a redirect loop. Each is refused
 # unless its path is public.
 LOOPING_LOGINS = [
@@ -387,8 +389,8 @@ LOOPING_LOGINS = [
     ({}, "http://127.0.0.1:4455/self-service/login/browser"),  # the old default
     ({}, "http://LOCALHOST:4455/x"),
     ({"listen": {"host": "localhost"}}, "http://localhost:4455/x"),
-    ({"listen": {"host": "0.0.0.0", "port": 8000}}, "http://127.0.0.1:8000/login"),
-    ({"listen": {"host": "0.0.0.0", "port": 8000}}, "http://localhost:8000/login"),
+    ({"listen": {"host": ANY_ADDRESS, "port": 8000}}, "http://127.0.0.1:8000/login"),
+    ({"listen": {"host": ANY_ADDRESS, "port": 8000}}, "http://localhost:8000/login"),
     ({"listen": {"host": "::1", "port": 80}}, "http://[::1]/login"),
     ({"public_url": "https://app.example.com"}, "https://app.example.com/login"),
     ({"public_url": "https://app.example.com"}, "https://APP.example.com:443/login?x=1"),
@@ -417,7 +419,7 @@ def test_a_login_url_behind_the_gate_is_refused(extra, login):
         ({"public_url": "https://app.example.com"}, "https://auth.example.com/login"),
         ({"public_url": "https://app.example.com"}, "http://app.example.com/login"),  # scheme
         ({"public_url": "https://app.example.com"}, "https://app.example.com.evil/login"),
-        ({"listen": {"host": "0.0.0.0", "port": 8000}}, "http://127.0.0.1:4433/login"),
+        ({"listen": {"host": ANY_ADDRESS, "port": 8000}}, "http://127.0.0.1:4433/login"),
     ],
 )
 def test_a_login_url_elsewhere_is_fine(extra, login):
