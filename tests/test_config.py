@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from sessiongate.config import (
@@ -436,3 +439,78 @@ def _env_of(extra: dict) -> dict[str, str]:
         else:
             env[f"SESSIONGATE_{key.upper()}"] = value
     return env
+
+
+# --- cors.allowed_origin_regex ----------------------------------------------------------------
+
+# Templates around a domain D (its regex-escaped form E): each bad one admits a host an attacker
+# can register that is neither D nor a subdomain of D.
+BAD_ORIGIN_REGEXES = [
+    "https://.*{E}",  # evil-D, evilD
+    "https://.+{E}",
+    "https?://.*{E}",
+    "https://[a-z0-9-]*{E}",
+    "https://[^/]*{E}",
+    r"https://\w*{E}",
+    "https://(.*){E}(:443)?",
+    "https://{E}.*",  # D.evil.invalid
+    "https://{E}.+",
+    "https://(.*\\.)?{E}.*",
+    "https://{D}",  # unescaped dots: DxTLD
+    "https://[a-z]+\\.(.*){E}",  # label.evilD
+    "https://.*{E}:8443",
+    "https://app\\.{E}|https://.*{E}",  # one bad alternative is enough
+    "https://.*",  # anything at all
+]
+GOOD_ORIGIN_REGEXES = [
+    "https://{E}",
+    "https://([a-z0-9-]+\\.)*{E}",
+    "https://[a-z0-9-]+\\.{E}",
+    "https://(app|admin)\\.{E}",
+    "https://{E}(:\\d+)?",
+    "https?://([a-z0-9-]+\\.)?{E}",
+    "https://.*\\.{E}",
+    "https://[^/]*\\.{E}",
+]
+
+
+def _cors(regex: str) -> Settings:
+    return Settings.model_validate({"cors": {"allowed_origin_regex": regex}})
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    labels=st.lists(
+        st.from_regex(r"[a-z][a-z0-9-]{0,8}[a-z0-9]", fullmatch=True), min_size=1, max_size=3
+    ),
+    tld=st.sampled_from(["com", "org", "io", "co.uk", "example"]),
+)
+def test_origin_regexes_that_admit_other_domains_are_refused(labels: list[str], tld: str) -> None:
+    domain = ".".join([*labels, tld])
+    fill = {"E": re.escape(domain), "D": domain}
+    for template in BAD_ORIGIN_REGEXES:
+        regex = template.format(**fill)
+        with pytest.raises(ValidationError, match=r"any origin|outside the domains"):
+            _cors(regex)
+        # without credentials a broad regex is merely public
+        Settings.model_validate(
+            {"cors": {"allowed_origin_regex": regex, "allow_credentials": False}}
+        )
+    for template in GOOD_ORIGIN_REGEXES:
+        s = _cors(template.format(**fill))
+        assert s.cors.allows(f"https://{domain}") or s.cors.allows(f"https://app.{domain}")
+        for evil in (
+            f"https://evil{domain}",
+            f"https://{domain}.evil.invalid",
+            "https://x.invalid",
+        ):
+            assert not s.cors.allows(evil), (template, evil)
+
+
+def test_origin_regex_refusal_names_the_origin_it_admits() -> None:
+    with pytest.raises(ValidationError, match=r"admits https://evilexample\.com"):
+        _cors(r"https://.*example\.com")
+    problems = problems_of(
+        None, {"SESSIONGATE_CORS__ALLOWED_ORIGIN_REGEX": r"https://app.example.com"}
+    )
+    assert any("appxexample.com" in p for p in problems), problems

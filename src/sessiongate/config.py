@@ -319,6 +319,42 @@ class SessionsApi(_Section):
         return v
 
 
+_DOMAIN_TEXT = re.compile(r"[A-Za-z0-9-]+(?:\\?\.[A-Za-z0-9-]+)+")  # example\.com, example.com
+_LABEL_BEFORE_DOT = re.compile(r"[A-Za-z0-9-]+(?=\\\.)")  # `app` in app\.(.*)example\.com
+
+
+def origin_regex_escape(regex: str) -> str | None:
+    """An origin an attacker could own that `regex` admits, or None.
+
+    Browsers send `scheme://host[:port]`, and an attacker controls the host of any domain it
+    registers. The probes: an unrelated host; and, for every domain the regex names (`D`),
+    hosts that contain `D` without being `D` or under it: `evilD`, `evil-D`,
+    `D.evil.invalid`, `Devil.invalid`, `D` with a dot replaced by a letter (an unescaped `.`),
+    and `L.evilD` for `x` and each label `L` written before an escaped dot. Any of them
+    matching means the pattern has an unanchored or un-dotted wildcard around its domain.
+    """
+    text = regex.replace("\\-", "-")  # re.escape writes a-b as a\-b
+    domains = {m.group(0).replace("\\.", ".").lower() for m in _DOMAIN_TEXT.finditer(text)}
+    labels = {"x"} | {m.group(0).lower() for m in _LABEL_BEFORE_DOT.finditer(text)}
+    hosts = ["attacker.invalid"]
+    for d in sorted(domains):
+        hosts += [f"evil{d}", f"evil-{d}", f"{d}.evil.invalid", f"{d}evil.invalid"]
+        parts = d.split(".")
+        hosts += [".".join(parts[:i]) + "x" + ".".join(parts[i:]) for i in range(1, len(parts))]
+        hosts += [f"{label}.evil{d}" for label in sorted(labels)]
+    ports = ["", *sorted({f":{p}" for p in re.findall(r":(\d{1,5})", regex)})]
+    compiled = re.compile(regex)
+    for host in hosts:
+        if any(host == d or host.endswith("." + d) for d in domains):
+            continue
+        for scheme in ("https", "http"):
+            for port in ports:
+                origin = f"{scheme}://{host}{port}"
+                if compiled.fullmatch(origin):
+                    return origin
+    return None
+
+
 class Cors(_Section):
     allowed_origins: list[str] = Field(default_factory=list)
     allowed_origin_regex: str | None = None
@@ -362,18 +398,19 @@ class Cors(_Section):
                 "allowed_origins '*' together with allow_credentials would let "
                 "any site read responses with the user's cookies; list origins"
             )
-        if (
-            self.allow_credentials
-            and self.allowed_origin_regex
-            and any(
-                re.fullmatch(self.allowed_origin_regex, probe)
-                for probe in ("https://attacker.invalid", "http://attacker.invalid")
-            )
-        ):
-            raise ValueError(
-                "allowed_origin_regex matches any origin "
-                "(e.g. https://attacker.invalid); with credentials that is unsafe"
-            )
+        if self.allow_credentials and self.allowed_origin_regex:
+            escape = origin_regex_escape(self.allowed_origin_regex)
+            if escape is not None and escape.endswith("//attacker.invalid"):
+                raise ValueError(
+                    f"allowed_origin_regex matches any origin (e.g. {escape}); "
+                    f"with credentials that is unsafe"
+                )
+            if escape is not None:
+                raise ValueError(
+                    f"allowed_origin_regex admits {escape}, outside the domains it names; with "
+                    f"credentials that site could read users' data. Escape the dots and anchor "
+                    f"subdomains on one, e.g. https://([a-z0-9-]+\\.)*example\\.com"
+                )
         return self
 
     @property
