@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import socket
-from urllib.parse import urlsplit
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from resources import raw_request
 from sessiongate.credentials import (
     MAX_CREDENTIAL_BYTES,
     CookieMatcher,
@@ -340,19 +339,6 @@ def test_cache_key_is_a_digest_distinct_per_kind_name_and_value() -> None:
 # -- end to end: junk never reaches Kratos ---------------------------------------------------
 
 
-def raw_request(url: str, header_lines: list[bytes]) -> tuple[int, bytes]:
-    parts = urlsplit(url)
-    lines = [b"GET /protected HTTP/1.1", f"Host: {parts.netloc}".encode(), *header_lines]
-    lines += [b"Accept: application/json", b"Connection: close", b"", b""]
-    data = b""
-    with socket.create_connection((parts.hostname, parts.port), timeout=5) as sock:
-        sock.sendall(b"\r\n".join(lines))
-        while chunk := sock.recv(65536):
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split(b" ", 2)[1]), body
-
-
 BIG = "ory_st_" + "a" * 100_000
 
 
@@ -387,7 +373,9 @@ async def test_oversized_credential_gets_400_without_whoami(stack, headers) -> N
     ],
 )
 def test_8bit_credential_gets_400_without_whoami(stack, line: bytes) -> None:
-    status, body = raw_request(stack.url, [line])
+    name, _, value = line.decode("latin-1").partition(": ")
+    headers = [(name, value), ("Accept", "application/json")]
+    status, _, body = raw_request(stack.url, "/protected", headers)
     assert status == 400, body
     assert json.loads(body)["error"]["code"] == 400
     assert stack.fake.count("GET", "/sessions/whoami") == 0
