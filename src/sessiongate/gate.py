@@ -1,10 +1,11 @@
 """The standalone gate: an ASGI app that authenticates every request and proxies it.
 
 Reads like the request's path: CORS (Starlette's middleware: preflights are answered before
-any authentication), the gate's own health endpoints, the session relay routes, then the
-`Gatekeeper` (credential → cache/whoami → decision → identity headers) and the
-`UpstreamProxy`. Long-lived clients are opened on first use and closed on lifespan shutdown
-(or `aclose()`).
+any authentication; under `cors.apply_to: sessions` only the relay's and the gate's own, the
+app's go to the app), a 400 unless there is exactly one Host header, the gate's own health
+endpoints (readiness cached for a second), the session relay routes, then the `Gatekeeper`
+(credential → cache/whoami → decision → identity headers) and the `UpstreamProxy`.
+Long-lived clients are opened on first use and closed on lifespan shutdown (or `aclose()`).
 """
 
 from __future__ import annotations
