@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from apps import EchoApp
+from resources import raw_request
 from sessiongate.testing import FakeKratosServer, UvicornThread
 
 SCRIPT = str(Path(sys.executable).with_name("sessiongate"))
@@ -69,15 +70,57 @@ def test_check_config_good_file(tmp_path):
     path = write_config(
         tmp_path / "good.yaml",
         {
+            "public_url": "https://app.example.com",
             "ory": {"public_url": "https://project.oryapis.com", "timeout": "3s"},
             "upstream": {"url": "http://127.0.0.1:8080"},
             "cache": {"ttl": "5m"},
+            "access": {"public_paths": ["/health/**", "/assets/*.css", "/api/*/docs"]},
         },
     )
     result = run_cli("check-config", "--config", str(path))
     assert result.returncode == 0, result.stderr
     assert "configuration OK" in result.stdout
-    assert result.stderr == ""
+    assert result.stderr == ""  # no warnings either
+
+
+def test_check_config_warns_about_host_origin_and_one_segment_globs(tmp_path):
+    path = write_config(
+        tmp_path / "warn.yaml",
+        {"access": {"public_paths": ["/assets/*", "/static/**", "/*", "/docs/*/x"]}},
+    )
+    result = run_cli("check-config", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "configuration OK" in result.stdout
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 3, result.stderr
+    assert "public_url" in warnings[0]
+    assert "Host header" in warnings[0]
+    assert "'/assets/*'" in warnings[1]
+    assert "'/assets/**'" in warnings[1]
+    assert "'/*'" in warnings[2]
+    assert "'/**'" in warnings[2]
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"access": {"login_url": "/login"}},
+        {"access": {"login_url": "http://127.0.0.1:4455/self-service/login/browser"}},
+        {
+            "public_url": "https://app.example.com",
+            "access": {"login_url": "https://app.example.com/in"},
+        },
+    ],
+)
+def test_check_config_refuses_a_login_url_behind_the_gate(tmp_path, config):
+    path = write_config(tmp_path / "loop.yaml", config)
+    result = run_cli("check-config", "--config", str(path))
+    assert result.returncode == 2, result.stdout
+    assert "access.login_url" in result.stderr
+    assert "forever" in result.stderr
+    result = run_cli("serve", "--config", str(path))
+    assert result.returncode == 2
+    assert "access.login_url" in result.stderr
 
 
 def test_check_config_without_a_file_checks_the_defaults():
@@ -283,6 +326,15 @@ def test_serve_proxies_authenticated_requests_and_refuses_others(tmp_path, backe
 
         r = c.get("/health/ready")
         assert r.status_code == 200, r.text
+        # no Host header, or two: 400 from either server, nothing reaches the app
+        headers = [("X-Session-Token", alice.token)]
+        for version, hosts in [("1.1", []), ("1.0", []), ("1.1", ["a.test", "b.test"])]:
+            lines = [("Host", h) for h in hosts] + headers
+            status, _, body = raw_request(gate.url, "/hello", lines, host=None, version=version)
+            assert status == 400, (version, hosts, body)
+        assert len(backends.app.requests) == seen
+    # without public_url the Host header decides the origin: said at start-up
+    assert "public_url: not set" in gate.output()
     # SIGTERM is a graceful shutdown (uvicorn re-raises the signal once it has finished) that
     # runs the gate's lifespan shutdown: its connections are closed
     assert gate.proc.returncode in (0, -signal.SIGTERM), gate.output()
@@ -314,7 +366,10 @@ def test_serve_ready_follows_kratos(tmp_path, backends):
     ):
         assert c.get("/health/ready").status_code == 200
         backends.kratos.stop()
-        r = c.get("/health/ready")
+        # the answer is cached for a second: 503 within a few
+        deadline = time.monotonic() + 5
+        while (r := c.get("/health/ready")).status_code == 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert r.status_code == 503, r.text
         assert r.headers["retry-after"]
         # liveness does not depend on Kratos; authenticated requests fail closed

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from sessiongate.config import (
@@ -47,7 +51,7 @@ def test_defaults_are_the_documented_ones():
     assert s.cache.ttl == 60
     assert s.cache.max_entries == 100_000
     assert s.cache.negative_ttl == 2
-    assert s.access.public_paths == ["/health/*"]
+    assert s.access.public_paths == ["/health/**"]
     assert s.access.allowed_return_to == []
     assert s.identity_headers == {
         "X-User-Id": "identity.id",
@@ -385,3 +389,151 @@ def test_listen_server_and_workers_are_checked():
     )
     assert sorted(p.split(":", 1)[0] for p in problems) == ["listen.server", "listen.workers"]
     assert any("granian" in p and "uvicorn" in p for p in problems), problems
+
+
+# --- access.login_url ------------------------------------------------------------------------
+
+
+def test_login_url_defaults_to_kratos_browser_login():
+    assert Settings().access.login_url == "http://127.0.0.1:4433/self-service/login/browser"
+    s = load_settings(None, {"SESSIONGATE_ORY__PUBLIC_URL": "https://proj.oryapis.com/"})
+    assert s.access.login_url == "https://proj.oryapis.com/self-service/login/browser"
+    # set explicitly, it stays; `null` brings the default back
+    s = Settings.model_validate({"access": {"login_url": "https://auth.example.com/login"}})
+    assert s.access.login_url == "https://auth.example.com/login"
+    s = load_settings(None, {"SESSIONGATE_ACCESS__LOGIN_URL": "null"})
+    assert s.access.login_url == "http://127.0.0.1:4433/self-service/login/browser"
+
+
+ANY_ADDRESS = "0.0.0.0"  # noqa: S104 - a listen setting under test (containers use it)
+
+# A login URL the gate itself would answer, behind a session: a redirect loop. Each is refused
+# unless its path is public.
+LOOPING_LOGINS = [
+    ({}, "/login"),
+    ({}, "/self-service/login/browser"),
+    ({}, "http://127.0.0.1:4455/self-service/login/browser"),  # the old default
+    ({}, "http://LOCALHOST:4455/x"),
+    ({"listen": {"host": "localhost"}}, "http://localhost:4455/x"),
+    ({"listen": {"host": ANY_ADDRESS, "port": 8000}}, "http://127.0.0.1:8000/login"),
+    ({"listen": {"host": ANY_ADDRESS, "port": 8000}}, "http://localhost:8000/login"),
+    ({"listen": {"host": "::1", "port": 80}}, "http://[::1]/login"),
+    ({"public_url": "https://app.example.com"}, "https://app.example.com/login"),
+    ({"public_url": "https://app.example.com"}, "https://APP.example.com:443/login?x=1"),
+    ({"public_url": "https://app.example.com/"}, "https://app.example.com"),
+    ({"public_url": "https://app.example.com:8443"}, "https://app.example.com:8443/a/b"),
+]
+
+
+@pytest.mark.parametrize(("extra", "login"), LOOPING_LOGINS)
+def test_a_login_url_behind_the_gate_is_refused(extra, login):
+    with pytest.raises(ValidationError, match="log in again"):
+        Settings.model_validate({**extra, "access": {"login_url": login}})
+    problems = problems_of(None, {"SESSIONGATE_ACCESS__LOGIN_URL": login, **_env_of(extra)})
+    assert any("access.login_url" in p and "forever" in p for p in problems), problems
+    # the same URL with its path public is fine
+    path = urlsplit(login).path or "/"
+    public = ["/health/**", path if path != "/" else "/"]
+    Settings.model_validate({**extra, "access": {"login_url": login, "public_paths": public}})
+
+
+@pytest.mark.parametrize(
+    ("extra", "login"),
+    [
+        ({}, "http://127.0.0.1:4433/self-service/login/browser"),
+        ({}, "http://127.0.0.1:4456/login"),  # another port, another origin
+        ({"public_url": "https://app.example.com"}, "https://auth.example.com/login"),
+        ({"public_url": "https://app.example.com"}, "http://app.example.com/login"),  # scheme
+        ({"public_url": "https://app.example.com"}, "https://app.example.com.evil/login"),
+        ({"listen": {"host": ANY_ADDRESS, "port": 8000}}, "http://127.0.0.1:4433/login"),
+    ],
+)
+def test_a_login_url_elsewhere_is_fine(extra, login):
+    s = Settings.model_validate({**extra, "access": {"login_url": login}})
+    assert s.access.login_url == login
+
+
+def _env_of(extra: dict) -> dict[str, str]:
+    env = {}
+    for key, value in extra.items():
+        if isinstance(value, dict):
+            for sub, v in value.items():
+                env[f"SESSIONGATE_{key.upper()}__{sub.upper()}"] = str(v)
+        else:
+            env[f"SESSIONGATE_{key.upper()}"] = value
+    return env
+
+
+# --- cors.allowed_origin_regex ----------------------------------------------------------------
+
+# Templates around a domain D (its regex-escaped form E): each bad one admits a host an attacker
+# can register that is neither D nor a subdomain of D.
+BAD_ORIGIN_REGEXES = [
+    "https://.*{E}",  # evil-D, evilD
+    "https://.+{E}",
+    "https?://.*{E}",
+    "https://[a-z0-9-]*{E}",
+    "https://[^/]*{E}",
+    r"https://\w*{E}",
+    "https://(.*){E}(:443)?",
+    "https://{E}.*",  # D.evil.invalid
+    "https://{E}.+",
+    "https://(.*\\.)?{E}.*",
+    "https://{D}",  # unescaped dots: DxTLD
+    "https://[a-z]+\\.(.*){E}",  # label.evilD
+    "https://.*{E}:8443",
+    "https://app\\.{E}|https://.*{E}",  # one bad alternative is enough
+    "https://.*",  # anything at all
+]
+GOOD_ORIGIN_REGEXES = [
+    "https://{E}",
+    "https://([a-z0-9-]+\\.)*{E}",
+    "https://[a-z0-9-]+\\.{E}",
+    "https://(app|admin)\\.{E}",
+    "https://{E}(:\\d+)?",
+    "https?://([a-z0-9-]+\\.)?{E}",
+    "https://.*\\.{E}",
+    "https://[^/]*\\.{E}",
+]
+
+
+def _cors(regex: str) -> Settings:
+    return Settings.model_validate({"cors": {"allowed_origin_regex": regex}})
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    labels=st.lists(
+        st.from_regex(r"[a-z][a-z0-9-]{0,8}[a-z0-9]", fullmatch=True), min_size=1, max_size=3
+    ),
+    tld=st.sampled_from(["com", "org", "io", "co.uk", "example"]),
+)
+def test_origin_regexes_that_admit_other_domains_are_refused(labels: list[str], tld: str) -> None:
+    domain = ".".join([*labels, tld])
+    fill = {"E": re.escape(domain), "D": domain}
+    for template in BAD_ORIGIN_REGEXES:
+        regex = template.format(**fill)
+        with pytest.raises(ValidationError, match=r"any origin|outside the domains"):
+            _cors(regex)
+        # without credentials a broad regex is merely public
+        Settings.model_validate(
+            {"cors": {"allowed_origin_regex": regex, "allow_credentials": False}}
+        )
+    for template in GOOD_ORIGIN_REGEXES:
+        s = _cors(template.format(**fill))
+        assert s.cors.allows(f"https://{domain}") or s.cors.allows(f"https://app.{domain}")
+        for evil in (
+            f"https://evil{domain}",
+            f"https://{domain}.evil.invalid",
+            "https://x.invalid",
+        ):
+            assert not s.cors.allows(evil), (template, evil)
+
+
+def test_origin_regex_refusal_names_the_origin_it_admits() -> None:
+    with pytest.raises(ValidationError, match=r"admits https://evilexample\.com"):
+        _cors(r"https://.*example\.com")
+    problems = problems_of(
+        None, {"SESSIONGATE_CORS__ALLOWED_ORIGIN_REGEX": r"https://app.example.com"}
+    )
+    assert any("appxexample.com" in p for p in problems), problems

@@ -24,6 +24,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
+from resources import raw_request
 from sessiongate.config import Settings
 from sessiongate.middleware import OryUser, SessionGateMiddleware, require_session
 from sessiongate.testing import FakeKratosServer, KratosFake, UvicornThread
@@ -42,7 +43,7 @@ def make_settings(kratos_url: str, **overrides: Any) -> Settings:
         "ory": {"public_url": kratos_url, "timeout": 2},
         # nothing listens here: middleware mode must never need the upstream
         "upstream": {"url": f"http://127.0.0.1:{closed_port()}", "connect_timeout": 1},
-        "access": {"login_url": LOGIN_URL, "public_paths": ["/health/*"]},
+        "access": {"login_url": LOGIN_URL, "public_paths": ["/health/**"]},
     }
     data.update(overrides)
     return Settings.model_validate(data)
@@ -116,7 +117,9 @@ class Views:
             {
                 "ory_session": request.state.ory_session,
                 "x_user_id": request.headers.getlist("x-user-id"),
-                "has_user": "user" in request.scope,
+                "authenticated": request.user.is_authenticated,
+                "display_name": request.user.display_name,
+                "scopes": list(request.auth.scopes),
             }
         )
 
@@ -147,6 +150,7 @@ def starlette_app(settings: Settings, views: Views) -> Starlette:
         routes=[
             Route("/me", views.whoami),
             Route("/health/alive", views.health),
+            Route("/cors", views.health, methods=["OPTIONS"]),
             Route("/echo", views.echo, methods=["POST"]),
             WebSocketRoute("/ws", views.socket),
         ],
@@ -250,8 +254,50 @@ async def test_public_path_passes_without_a_session(app_url, views):
     async with await client(app_url) as c:
         r = await c.get("/health/alive", headers={"X-User-Id": "spoofed"})
     assert r.status_code == 200, r.text
-    assert r.json() == {"ory_session": None, "x_user_id": [], "has_user": False}
+    # request.user works in the view (Starlette's anonymous user), as it would under
+    # AuthenticationMiddleware: no 500 on a public path
+    assert r.json() == {
+        "ory_session": None,
+        "x_user_id": [],
+        "authenticated": False,
+        "display_name": "",
+        "scopes": [],
+    }
     assert views.calls == 1
+
+
+async def test_preflight_reaches_the_app_without_a_session(app_url, fake, views):
+    """The app's own CORS layer answers preflights; browsers send them without credentials."""
+    async with await client(app_url) as c:
+        r = await c.options(
+            "/cors",
+            headers={
+                "Origin": "https://front.example.com",
+                "Access-Control-Request-Method": "PUT",
+                "Access-Control-Request-Headers": "x-foo",
+                "X-User-Id": "spoofed",
+            },
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["authenticated"] is False
+        assert r.json()["x_user_id"] == []
+        # an OPTIONS that is not a preflight still needs a session
+        r = await c.options("/cors", headers={"Origin": "https://front.example.com"})
+        assert r.status_code == 401
+    assert views.calls == 1
+    assert fake.count("GET", "/sessions/whoami") == 0
+
+
+@pytest.mark.parametrize(("version", "hosts"), [("1.1", []), ("1.0", []), ("1.1", ["a", "b"])])
+@pytest.mark.parametrize("target", ["/me", "/health/alive"])
+def test_no_host_or_several_hosts_is_a_400(app_url, fake, views, version, hosts, target):
+    """As in proxy mode: the app would see one origin, a forwarded-host reader another."""
+    alice = fake.login("alice@example.com")
+    headers = [("Host", h) for h in hosts] + [("X-Session-Token", alice.token)]
+    status, _, body = raw_request(app_url, target, headers, host=None, version=version)
+    assert status == 400, body
+    assert json.loads(body)["error"]["code"] == 400
+    assert views.calls == 0
 
 
 async def test_public_path_trick_is_not_public(app_url, views):
@@ -394,7 +440,8 @@ class BareApp:
         session = state.get("ory_session")
         body = json.dumps(
             {
-                "identity_id": user.identity_id if user is not None else None,
+                "identity_id": getattr(user, "identity_id", None),
+                "authenticated": user.is_authenticated if user is not None else None,
                 "session_id": session["id"] if session else None,
                 "scopes": list(scope["auth"].scopes) if "auth" in scope else None,
                 "x_user_id": [v.decode() for k, v in scope["headers"] if k == b"x-user-id"],
@@ -422,6 +469,7 @@ async def test_bare_asgi_app_wrapped_directly(kratos, fake, serve):
             "session_id": alice.id,
             "scopes": ["authenticated", "aal1"],
             "x_user_id": [alice.identity_id],
+            "authenticated": True,
         }
         r = await c.get("/x")
         assert r.status_code == 401
@@ -429,6 +477,7 @@ async def test_bare_asgi_app_wrapped_directly(kratos, fake, serve):
         assert r.status_code == 200
         assert r.json()["session_id"] is None
         assert r.json()["identity_id"] is None
+        assert (r.json()["authenticated"], r.json()["scopes"]) == (False, [])
     assert len(bare.scopes) == 2  # the 401 never reached the app
 
 

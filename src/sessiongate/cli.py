@@ -103,9 +103,13 @@ def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def _check_config(args: argparse.Namespace) -> int:
+    from sessiongate.config import config_warnings
+
     settings = _load(args)
     if settings is None:
         return 2
+    for warning in config_warnings(settings):
+        print(f"warning: {warning}", file=sys.stderr)
     print("configuration OK")
     return 0
 

@@ -8,6 +8,7 @@ environment (`ORY_API_KEY`) by `ory_api_key()`.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import os
@@ -34,6 +35,7 @@ ENV_PREFIX = "SESSIONGATE_"
 CONFIG_ENV = "SESSIONGATE_CONFIG"
 API_KEY_ENV = "ORY_API_KEY"
 ADMIN_KEYS_ENV = "SESSIONGATE_ADMIN_KEYS"  # a secret, not a settings override
+LOGIN_PATH = "/self-service/login/browser"  # Kratos' browser login flow
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -100,6 +102,42 @@ def origin_of(url: str) -> str:
     if port is None or (scheme, port) in (("http", 80), ("https", 443)):
         return f"{scheme}://{host}"
     return f"{scheme}://{host}:{port}"
+
+
+def glob_regex(glob: str) -> str:
+    """A path glob as a regex: `*` and `?` stay inside one segment, `**` crosses `/`.
+
+    `[...]` is a character class as in fnmatch (`[!...]` negates) and never matches `/`.
+    """
+    out, i, n = [], 0, len(glob)
+    while i < n:
+        if glob.startswith("**", i):
+            out.append(".*")
+            i += 2
+            continue
+        ch = glob[i]
+        i += 1
+        if ch == "*":
+            out.append("[^/]*")
+        elif ch == "?":
+            out.append("[^/]")
+        elif ch == "[" and (end := glob.find("]", i + 2 if glob.startswith("!", i) else i + 1)) > 0:
+            # as fnmatch: a `]` right after `[` or `[!` is a member, not the end
+            body = glob[i:end]
+            negate = body.startswith("!")
+            body = re.sub(r"([\\\[\]^&~|])", r"\\\1", body[1:] if negate else body)
+            out.append("(?!/)[" + ("^" if negate else "") + body + "]")
+            i = end + 1
+        else:
+            out.append(re.escape(ch))
+    return "".join(out)
+
+
+def path_globs_pattern(globs: list[str] | tuple[str, ...]) -> re.Pattern[str] | None:
+    """One compiled pattern for all globs (a single match per request), None for no globs."""
+    if not globs:
+        return None
+    return re.compile("(?:" + "|".join(f"(?:{glob_regex(g)})" for g in globs) + r")\Z", re.DOTALL)
 
 
 class _Section(BaseModel):
@@ -216,13 +254,17 @@ class Cache(_Section):
 
 
 class Access(_Section):
-    public_paths: list[str] = Field(default_factory=lambda: ["/health/*"])
-    login_url: str = "http://127.0.0.1:4455/self-service/login/browser"
+    public_paths: list[str] = Field(default_factory=lambda: ["/health/**"])
+    # unset: Kratos' browser login, ory.public_url + LOGIN_PATH (filled in by Settings)
+    login_url: str | None = None
     allowed_return_to: list[str] = Field(default_factory=list)
 
     @field_validator("login_url")
     @classmethod
-    def _login(cls, v: str) -> str:
+    def _login(cls, v: str | None) -> str | None:
+        if v in (None, ""):
+            return None
+        assert v is not None
         if v.startswith("/") and not v.startswith("//"):
             return v
         parts = urlsplit(v)
@@ -350,6 +392,42 @@ class SessionsApi(_Section):
         return v
 
 
+_DOMAIN_TEXT = re.compile(r"[A-Za-z0-9-]+(?:\\?\.[A-Za-z0-9-]+)+")  # example\.com, example.com
+_LABEL_BEFORE_DOT = re.compile(r"[A-Za-z0-9-]+(?=\\\.)")  # `app` in app\.(.*)example\.com
+
+
+def origin_regex_escape(regex: str) -> str | None:
+    """An origin an attacker could own that `regex` admits, or None.
+
+    Browsers send `scheme://host[:port]`, and an attacker controls the host of any domain it
+    registers. The probes: an unrelated host; and, for every domain the regex names (`D`),
+    hosts that contain `D` without being `D` or under it: `evilD`, `evil-D`,
+    `D.evil.invalid`, `Devil.invalid`, `D` with a dot replaced by a letter (an unescaped `.`),
+    and `L.evilD` for `x` and each label `L` written before an escaped dot. Any of them
+    matching means the pattern has an unanchored or un-dotted wildcard around its domain.
+    """
+    text = regex.replace("\\-", "-")  # re.escape writes a-b as a\-b
+    domains = {m.group(0).replace("\\.", ".").lower() for m in _DOMAIN_TEXT.finditer(text)}
+    labels = {"x"} | {m.group(0).lower() for m in _LABEL_BEFORE_DOT.finditer(text)}
+    hosts = ["attacker.invalid"]
+    for d in sorted(domains):
+        hosts += [f"evil{d}", f"evil-{d}", f"{d}.evil.invalid", f"{d}evil.invalid"]
+        parts = d.split(".")
+        hosts += [".".join(parts[:i]) + "x" + ".".join(parts[i:]) for i in range(1, len(parts))]
+        hosts += [f"{label}.evil{d}" for label in sorted(labels)]
+    ports = ["", *sorted({f":{p}" for p in re.findall(r":(\d{1,5})", regex)})]
+    compiled = re.compile(regex)
+    for host in hosts:
+        if any(host == d or host.endswith("." + d) for d in domains):
+            continue
+        for scheme in ("https", "http"):
+            for port in ports:
+                origin = f"{scheme}://{host}{port}"
+                if compiled.fullmatch(origin):
+                    return origin
+    return None
+
+
 class Cors(_Section):
     allowed_origins: list[str] = Field(default_factory=list)
     allowed_origin_regex: str | None = None
@@ -393,18 +471,19 @@ class Cors(_Section):
                 "allowed_origins '*' together with allow_credentials would let "
                 "any site read responses with the user's cookies; list origins"
             )
-        if (
-            self.allow_credentials
-            and self.allowed_origin_regex
-            and any(
-                re.fullmatch(self.allowed_origin_regex, probe)
-                for probe in ("https://attacker.invalid", "http://attacker.invalid")
-            )
-        ):
-            raise ValueError(
-                "allowed_origin_regex matches any origin "
-                "(e.g. https://attacker.invalid); with credentials that is unsafe"
-            )
+        if self.allow_credentials and self.allowed_origin_regex:
+            escape = origin_regex_escape(self.allowed_origin_regex)
+            if escape is not None and escape.endswith("//attacker.invalid"):
+                raise ValueError(
+                    f"allowed_origin_regex matches any origin (e.g. {escape}); "
+                    f"with credentials that is unsafe"
+                )
+            if escape is not None:
+                raise ValueError(
+                    f"allowed_origin_regex admits {escape}, outside the domains it names; with "
+                    f"credentials that site could read users' data. Escape the dots and anchor "
+                    f"subdomains on one, e.g. https://([a-z0-9-]+\\.)*example\\.com"
+                )
         return self
 
     @property
@@ -480,13 +559,79 @@ class Settings(_Section):
             raise ValueError("log_level is one of critical, error, warning, info, debug")
         return v.lower()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_login_url(cls, data: Any) -> Any:
+        """`access.login_url` unset: Kratos' browser login at `ory.public_url`."""
+        if not isinstance(data, dict):
+            return data
+        access, ory = data.get("access"), data.get("ory")
+        if isinstance(access, Access):
+            access = access.model_dump()
+        if access is not None and not isinstance(access, dict):
+            return data  # the section's own validation reports it
+        if (access or {}).get("login_url") not in (None, ""):
+            return data
+        if isinstance(ory, Ory):
+            kratos = ory.public_url
+        elif ory is None or isinstance(ory, dict):
+            kratos = (ory or {}).get("public_url", Ory.model_fields["public_url"].default)
+            try:
+                kratos = (
+                    _http_url(kratos, field="ory.public_url") if isinstance(kratos, str) else ""
+                )
+            except ValueError:
+                kratos = ""  # reported by ory.public_url's own validation
+        else:
+            kratos = ""
+        if kratos:
+            data = {**data, "access": {**(access or {}), "login_url": kratos + LOGIN_PATH}}
+        return data
+
     @model_validator(mode="after")
     def _cross(self) -> Settings:
+        self._login_url_is_not_protected()
         if self.session_header and self.session_header.lower().replace("_", "-") in {
             n.lower().replace("_", "-") for n in self.identity_headers
         }:
             raise ValueError("session_header repeats an identity header")
         return self
+
+    def gate_origins(self) -> set[str]:
+        """Origins that certainly reach this gate: `public_url` and the listen address."""
+        origins = {origin_of(self.public_url)} if self.public_url else set()
+        host, port = self.listen.host, self.listen.port
+        names = {host}
+        with contextlib.suppress(ValueError):
+            if ipaddress.ip_address(host).is_unspecified:  # 0.0.0.0, ::
+                names = {"127.0.0.1", "localhost", "::1"}
+        if names & {"127.0.0.1", "localhost"}:
+            names |= {"127.0.0.1", "localhost"}  # the same loopback listener
+        for name in names:
+            with contextlib.suppress(ValueError):  # a host no URL can hold: nothing to match
+                origins.add(
+                    origin_of(f"http://[{name}]:{port}" if ":" in name else f"http://{name}:{port}")
+                )
+        return origins
+
+    def _login_url_is_not_protected(self) -> None:
+        """A login page behind the gate itself sends a browser to log in, forever."""
+        login = self.access.login_url
+        if login is None:
+            return
+        if login.startswith("/"):
+            path = urlsplit(login).path
+        elif origin_of(login) in self.gate_origins():
+            path = urlsplit(login).path or "/"
+        else:
+            return
+        public = path_globs_pattern(self.access.public_paths)
+        if public is None or public.match(path) is None:
+            raise ValueError(
+                f"access.login_url {login!r} is served by the gate itself and its path is not in "
+                f"access.public_paths: browsers would be sent to log in again, forever. Use "
+                f"Kratos' login (ory.public_url + {LOGIN_PATH}, the default) or make it public"
+            )
 
     def spoofable_headers(self) -> frozenset[str]:
         """Canonical names (lower case, `_` as `-`) the gate owns and clients must not send."""
@@ -604,6 +749,23 @@ def runtime_problems(settings: Settings, environ: Mapping[str, str] | None = Non
             f"(environment variable {admin.keys_env}) nor allow_identities rules"
         ]
     return []
+
+
+def config_warnings(settings: Settings) -> list[str]:
+    """Settings that work but are probably not what was meant (check-config and start-up)."""
+    out = []
+    if settings.public_url is None:
+        out.append(
+            "public_url: not set, so each request's Host header decides the origin used for "
+            "return_to and for URLs the relay rewrites; set it to the gate's external URL"
+        )
+    for glob in settings.access.public_paths:
+        if glob.endswith("/*"):
+            out.append(
+                f"access.public_paths: {glob!r} matches one path segment only (`*` does not "
+                f"cross '/'); write {glob + '*'!r} for everything below {glob[:-2] or '/'}"
+            )
+    return out
 
 
 def ory_api_key(environ: Mapping[str, str] | None = None) -> str | None:

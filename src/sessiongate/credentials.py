@@ -1,10 +1,18 @@
 """Stage 1 of a request: find the Ory credential, exactly as Kratos would (CONTRACT §1).
 
-Order: a non-empty `X-Session-Token`; else the first cookie whose name is one of the configured
-session cookie names or globs; else `Authorization: Bearer <token>` (exactly two parts split on
-single spaces, scheme case-insensitive). Only that one credential is ever sent on to Kratos:
-never the app's other cookies or headers. Works on raw ASGI headers (lower-case byte names) so
-the hot path builds no framework objects.
+Order: a non-empty `X-Session-Token`; else the session cookies (names or globs in
+`ory.session_cookies`); else `Authorization: Bearer <token>` (exactly two parts split on single
+spaces, scheme case-insensitive).
+
+Several session cookies: Kratos reads only the one with *its* name (the first of that name, Go's
+`r.Cookie`), and a sibling subdomain can plant a junk `ory_session_x` next to the real one. So
+every session cookie the request carries goes to Kratos in one `Cookie` header (the first
+non-empty, well-formed value of each name), ranked exact names first, in the configured order,
+then glob matches, in the configured order of the globs, then request order; Kratos picks its
+own, as it would have from the browser. The top-ranked cookie is the credential's
+`cookie_name`/`value`, the rest are `others`. Nothing else is ever sent on to Kratos: never the
+app's other cookies or headers. Works on raw ASGI headers (lower-case byte names) so the hot
+path builds no framework objects.
 """
 
 from __future__ import annotations
@@ -25,19 +33,24 @@ class Credential(NamedTuple):  # a tuple: built on every request, ~4x cheaper th
     kind: Kind
     value: str
     cookie_name: str = ""
+    others: tuple[tuple[str, str], ...] = ()  # the other session cookies, ranked (see above)
 
     @property
     def cache_key(self) -> bytes:
         """A digest of the credential: the raw value is never stored or logged."""
-        material = f"{self.kind}\x00{self.cookie_name}\x00{self.value}".encode()
-        return hashlib.blake2b(material, digest_size=20).digest()
+        material = f"{self.kind}\x00{self.cookie_name}\x00{self.value}"
+        for name, value in self.others:
+            material += f"\x00{name}\x00{value}"
+        return hashlib.blake2b(material.encode(), digest_size=20).digest()
 
     def whoami_headers(self) -> dict[str, str]:
         """The one header Kratos needs to read this credential."""
         if self.kind == "token":
             return {"X-Session-Token": self.value}
         if self.kind == "cookie":
-            return {"Cookie": f"{self.cookie_name}={self.value}"}
+            pairs = [f"{self.cookie_name}={self.value}"]
+            pairs += [f"{name}={value}" for name, value in self.others]
+            return {"Cookie": "; ".join(pairs)}
         return {"Authorization": f"Bearer {self.value}"}
 
 
@@ -63,6 +76,11 @@ class CookieMatcher:
     def __init__(self, names: list[str]) -> None:
         self.exact = frozenset(n for n in names if not any(c in n for c in "*?["))
         self.globs = tuple(n for n in names if n not in self.exact)
+        # rank of a name when several session cookies arrive: exact names in configured order,
+        # then each glob in configured order
+        exact_order = [n for n in dict.fromkeys(names) if n in self.exact]
+        self._exact_rank = {n.encode("latin-1"): i for i, n in enumerate(exact_order)}
+        self._glob_ranks = [re.compile(fnmatch.translate(g).encode("latin-1")) for g in self.globs]
         self._exact_bytes = frozenset(n.encode("latin-1") for n in self.exact)
         pattern = "|".join(f"(?:{fnmatch.translate(g)})" for g in self.globs)
         self._glob = re.compile(pattern) if self.globs else None
@@ -74,6 +92,16 @@ class CookieMatcher:
     def matches_bytes(self, name: bytes) -> bool:
         glob = self._glob_bytes
         return name in self._exact_bytes or (glob is not None and glob.match(name) is not None)
+
+    def rank(self, name: bytes) -> int:
+        """Lower is preferred: exact names (configured order) outrank globs (configured order)."""
+        exact = self._exact_rank.get(name)
+        if exact is not None:
+            return exact
+        for i, glob in enumerate(self._glob_ranks):
+            if glob.match(name) is not None:
+                return len(self._exact_rank) + i
+        return len(self._exact_rank) + len(self._glob_ranks)
 
 
 def _cookie_pairs(header: bytes) -> list[tuple[bytes, bytes]]:
@@ -128,12 +156,36 @@ def find_credential(headers: RawHeaders, is_session_cookie: CookieMatcher) -> Cr
             authorization = value
             authorization_seen = True
     matches = is_session_cookie.matches_bytes
+    found: dict[bytes, bytes] = {}  # name → its first non-empty value, in request order
     for header in cookie_headers:
         for cname, cvalue in _cookie_pairs(header):
-            if cvalue and matches(cname):
-                return Credential("cookie", _clean(cvalue), cname.decode("latin-1"))
+            if cvalue and cname not in found and matches(cname):
+                found[cname] = cvalue
+    if len(found) == 1:  # the usual case
+        ((cname, cvalue),) = found.items()
+        return Credential("cookie", _clean(cvalue), cname.decode("latin-1"))
+    if found:
+        return _several_cookies(found, is_session_cookie)
     if authorization:
         parts = authorization.split(b" ")
         if len(parts) == 2 and parts[0].lower() == b"bearer" and parts[1]:
             return Credential("bearer", _clean(parts[1]))
     return None
+
+
+def _several_cookies(found: dict[bytes, bytes], matcher: CookieMatcher) -> Credential:
+    """All session cookies, ranked; a malformed one is dropped as Go's cookie parser drops
+    invalid values, unless none is well-formed (then the request gets 400)."""
+    ranked = sorted(found.items(), key=lambda item: matcher.rank(item[0]))  # stable
+    kept: list[tuple[str, str]] = []
+    problem: MalformedCredential | None = None
+    for cname, cvalue in ranked:
+        try:
+            kept.append((_clean(cname), _clean(cvalue)))
+        except MalformedCredential as exc:
+            problem = problem or exc
+    if not kept:
+        assert problem is not None
+        raise problem
+    (name, value), *others = kept
+    return Credential("cookie", value, name, tuple(others))

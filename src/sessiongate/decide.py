@@ -1,18 +1,21 @@
 """Stage 3: decisions that need no session: is this path public, is this a browser navigation,
 and what is the gate's own origin and the request's original URL.
 
-Public paths are matched on the *normalised* path, and a path whose raw form contains
-encoded slashes or dots, backslashes, `;` parameters or dot segments is never public: a trick
-that could make the app see a different path than the gate can only ever cost a login.
+Public paths are matched on the *normalised* path (globs: `*` within a segment, `**` across
+segments), and a path whose raw form contains encoded slashes or dots, backslashes, `;`
+parameters or dot segments, or whose Unicode NFKC form differs from itself (the fullwidth
+solidus U+FF0F and full stop U+FF0E become `/` and `.` in an app that normalises), is never
+public: a trick that could make the app see a different path than the gate can only ever
+cost a login. Requests with no Host header or several are refused (`has_one_host`).
 """
 
 from __future__ import annotations
 
-import fnmatch
 import posixpath
 import re
+import unicodedata
 
-from sessiongate.config import Settings, origin_of
+from sessiongate.config import Settings, origin_of, path_globs_pattern
 
 RawHeaders = list[tuple[bytes, bytes]]
 
@@ -27,11 +30,7 @@ class Decider:
     def __init__(self, settings: Settings) -> None:
         self.public_globs = tuple(settings.access.public_paths)
         # One compiled pattern for all globs: a protected path costs a single regex match.
-        self._public = (
-            re.compile("|".join(f"(?:{fnmatch.translate(g)})" for g in self.public_globs))
-            if self.public_globs
-            else None
-        )
+        self._public = path_globs_pattern(self.public_globs)
         self.own_origin = origin_of(settings.public_url) if settings.public_url else None
         self.allowed_return_to = frozenset(settings.access.allowed_return_to)
         self.login_url = settings.access.login_url
@@ -41,6 +40,8 @@ class Decider:
             return False
         if _TRICKY_DECODED.search(path):
             return False
+        if not path.isascii() and unicodedata.normalize("NFKC", path) != path:
+            return False  # look-alikes of `/` and `.` (U+FF0F, U+FF0E, ...) that an app may fold
         # It looks public: make sure no trick makes the app see another path than this one.
         if raw_path is not None and _TRICKY.search(raw_path.split(b"?", 1)[0]):
             return False
@@ -48,6 +49,38 @@ class Decider:
         if path.endswith("/") and normal != "/":
             normal += "/"
         return normal == path
+
+    @staticmethod
+    def has_one_host(headers: RawHeaders) -> bool:
+        """Exactly one non-empty Host header. With none or several, the origin (first Host)
+        and X-Forwarded-Host (last) could disagree, so such requests are refused with 400.
+        Empty counts as none: granian hands a request without Host on with `host: ""`."""
+        count = 0
+        for name, value in headers:
+            if name == b"host":
+                if not value:
+                    return False
+                count += 1
+        return count == 1
+
+    @staticmethod
+    def is_preflight(method: str, headers: RawHeaders) -> bool:
+        """A CORS preflight: OPTIONS with Origin and Access-Control-Request-Method, no body.
+
+        Browsers never send credentials on a preflight, so one for an app route must reach the
+        app (which answers its own CORS) rather than be refused for want of a session.
+        """
+        if method != "OPTIONS":
+            return False
+        origin = request_method = False
+        for name, value in headers:
+            if name == b"origin":
+                origin = True
+            elif name == b"access-control-request-method":
+                request_method = True
+            elif name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
+                return False
+        return origin and request_method
 
     @staticmethod
     def is_browser_navigation(method: str, headers: RawHeaders) -> bool:

@@ -92,7 +92,7 @@ def run_demo(
             "upstream": {"url": f"http://{host}:{app_port}"},
             "access": {
                 "login_url": kratos_url + "/self-service/login/browser",
-                "public_paths": ["/health/*"],
+                "public_paths": ["/health/**"],
             },
         }
     )

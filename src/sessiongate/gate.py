@@ -1,22 +1,32 @@
 """The standalone gate: an ASGI app that authenticates every request and proxies it.
 
 Reads like the request's path: CORS (Starlette's middleware: preflights are answered before
-any authentication), the gate's own health endpoints, the session relay routes, then the
-`Gatekeeper` (credential → cache/whoami → decision → identity headers) and the
-`UpstreamProxy`. Long-lived clients are opened on first use and closed on lifespan shutdown
-(or `aclose()`).
+any authentication; under `cors.apply_to: sessions` only the relay's and the gate's own, the
+app's go to the app), a 400 unless there is exactly one Host header, the gate's own health
+endpoints (readiness cached for a second), the session relay routes, then the `Gatekeeper`
+(credential → cache/whoami → decision → identity headers) and the `UpstreamProxy`.
+Long-lived clients are opened on first use and closed on lifespan shutdown (or `aclose()`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import time
 
 import httpx
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import Receive, Scope, Send
 
-from sessiongate.config import ConfigError, Settings, ory_api_key, runtime_problems
+from sessiongate.config import (
+    ConfigError,
+    Settings,
+    config_warnings,
+    ory_api_key,
+    runtime_problems,
+)
+from sessiongate.decide import Decider
 from sessiongate.gatekeeper import Gatekeeper
 from sessiongate.kratos import KratosClient
 from sessiongate.proxy import UpstreamProxy
@@ -27,6 +37,7 @@ from sessiongate.websocket_guard import WebSocketGuard
 log = logging.getLogger("sessiongate")
 HEALTH_ALIVE = "/health/alive"
 HEALTH_READY = "/health/ready"
+READY_CACHE_SECONDS = 1.0  # /health/ready asks Kratos at most this often
 RAW_SEND = "sessiongate.raw_send"  # scope key: the server's send, bypassing CORS headers
 
 CORS_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
@@ -47,6 +58,8 @@ class Gate:
         problems = runtime_problems(settings)
         if problems:
             raise ConfigError(problems)
+        for warning in config_warnings(settings):
+            log.warning("configuration: %s", warning)
         self.settings = settings
         self.kratos = KratosClient(
             settings.ory.public_url,
@@ -92,6 +105,7 @@ class Gate:
             if api.enabled
             else None
         )
+        self._ready, self._ready_until, self._ready_lock = False, 0.0, asyncio.Lock()
         cors = settings.cors
         self.cors_all = cors.apply_to == "all"
         self.cors = (
@@ -117,7 +131,7 @@ class Gate:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            if self.cors is None:
+            if self.cors is None or (not self.cors_all and self._app_preflight(scope)):
                 await self._http(scope, receive, send)
                 return
             if not self.cors_all:
@@ -157,6 +171,9 @@ class Gate:
         if not path.startswith("/"):  # `OPTIONS *`, or an absolute form the server kept whole
             await send_error(send, 400, reason="The request target must be a path.")
             return
+        if not Decider.has_one_host(scope["headers"]):
+            await send_error(send, 400, reason="The request must carry exactly one Host header.")
+            return
         if path in (HEALTH_ALIVE, HEALTH_READY):
             await self._health(path, send)
             return
@@ -164,6 +181,12 @@ class Gate:
             await self.relay(scope, receive, send)
             return
         gatekeeper = self.gatekeeper
+        if Decider.is_preflight(scope["method"], scope["headers"]):
+            # The gate's CORS does not cover this route (see `_app_preflight`): the app answers
+            # its own preflights, which browsers send without credentials.
+            headers = gatekeeper.identity.strip(scope["headers"])
+            await self.proxy.forward(scope, receive, scope.get(RAW_SEND, send), headers)
+            return
         admitted = gatekeeper.quick(scope) or await gatekeeper.check(scope, send)
         if admitted is not None:
             # the app's answer bypasses CORS (apply_to: sessions); the proxy's own errors do not
@@ -171,15 +194,35 @@ class Gate:
                 scope, receive, scope.get(RAW_SEND, send), admitted.headers, error_send=send
             )
 
+    def _app_preflight(self, scope: Scope) -> bool:
+        """A preflight for an app route while `cors.apply_to` is `sessions`: the app's to answer."""
+        path = scope["path"]
+        return (
+            Decider.is_preflight(scope["method"], scope["headers"])
+            and path not in (HEALTH_ALIVE, HEALTH_READY)
+            and not (self.relay is not None and self.relay.matches(path))
+        )
+
     async def _health(self, path: str, send: Send) -> None:
         if path == HEALTH_ALIVE:
             await send_json(send, 200, b'{"status":"ok"}')
             return
-        if await self.kratos.ready():
+        if await self._kratos_ready():
             await send_json(send, 200, b'{"status":"ok"}')
         else:
             body = json.dumps({"status": "Kratos is not reachable"}).encode()
             await send_json(send, 503, body, headers=[(b"retry-after", b"2")])
+
+    async def _kratos_ready(self) -> bool:
+        """Kratos' readiness, asked at most once per READY_CACHE_SECONDS (probes can be many)."""
+        now = time.monotonic()
+        if now < self._ready_until:
+            return self._ready
+        async with self._ready_lock:  # concurrent probes share one call
+            if time.monotonic() >= self._ready_until:
+                self._ready = await self.kratos.ready()
+                self._ready_until = time.monotonic() + READY_CACHE_SECONDS
+            return self._ready
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

@@ -5,22 +5,30 @@ nothing: it answers denials itself and, for admitted requests, annotates the sco
 Starlette's `AuthenticationMiddleware` does (`request.user`, `request.auth`) plus
 `request.state.ory_session` (built once per cached session and shared by its requests: treat
 them as read-only), and replaces the identity headers so code that reads `X-User-Id`
-stays safe. `require_session` is a dependency for FastAPI (or a helper for Starlette views).
+stays safe. On public paths and CORS preflights (which pass without a session) `request.user`
+is Starlette's `UnauthenticatedUser` and `request.auth` empty `AuthCredentials`. A request
+without exactly one Host header gets 400, as in proxy mode. `require_session` is a dependency
+for FastAPI (or a helper for Starlette views).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import httpx
-from starlette.authentication import AuthCredentials, BaseUser
+from starlette.authentication import AuthCredentials, BaseUser, UnauthenticatedUser
 from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from sessiongate.config import Settings, load_settings, ory_api_key
-from sessiongate.gatekeeper import Gatekeeper
+from sessiongate.config import Settings, config_warnings, load_settings, ory_api_key
+from sessiongate.decide import Decider
+from sessiongate.gatekeeper import Gatekeeper, Pass
 from sessiongate.kratos import KratosClient
+from sessiongate.responses import send_error
+
+log = logging.getLogger("sessiongate")
 
 
 class OryUser(BaseUser):
@@ -83,6 +91,8 @@ class SessionGateMiddleware:
             transport=kratos_transport,
         )
         self.gatekeeper = Gatekeeper(self.settings, self.kratos)
+        for warning in config_warnings(self.settings):
+            log.warning("configuration: %s", warning)
 
     @property
     def cache(self):  # type: ignore[no-untyped-def]
@@ -95,8 +105,20 @@ class SessionGateMiddleware:
                 return
             await self.app(scope, receive, send)
             return
+        if not Decider.has_one_host(scope["headers"]):
+            if scope["type"] == "http":
+                await send_error(
+                    send, 400, reason="The request must carry exactly one Host header."
+                )
+            else:  # before accept, a close makes the server refuse the handshake
+                await send({"type": "websocket.close", "code": 1008})
+            return
         gatekeeper = self.gatekeeper
-        admitted = gatekeeper.quick(scope) or await gatekeeper.check(scope, send)
+        if scope["type"] == "http" and Decider.is_preflight(scope["method"], scope["headers"]):
+            # the app's CORS layer answers it; browsers send preflights without credentials
+            admitted = Pass(None, gatekeeper.identity.strip(scope["headers"]))
+        else:
+            admitted = gatekeeper.quick(scope) or await gatekeeper.check(scope, send)
         if admitted is None:
             return
         # The scope is this request's own (servers build one per request): annotate it in place,
@@ -107,6 +129,8 @@ class SessionGateMiddleware:
             state = scope["state"] = {}
         entry = admitted.session
         if entry is None:
+            # public path: `request.user` must work in a view, as under AuthenticationMiddleware
+            scope["user"], scope["auth"] = UnauthenticatedUser(), AuthCredentials()
             state["ory_session"] = None
         else:
             annotations = entry.annotations

@@ -39,7 +39,7 @@ def settings_for(kratos_url: str, upstream_url: str, **overrides: Any) -> Settin
         "upstream": {"url": upstream_url, "timeout": 3, "connect_timeout": 1},
         "access": {
             "login_url": "http://127.0.0.1:4433/self-service/login/browser",
-            "public_paths": ["/health/*", "/public/*"],
+            "public_paths": ["/health/**", "/public/**"],
         },
     }
     for key, value in overrides.items():

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-import socket
-from urllib.parse import urlsplit
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from resources import raw_request
 from sessiongate.credentials import (
     MAX_CREDENTIAL_BYTES,
     CookieMatcher,
@@ -64,13 +65,80 @@ def test_an_invalid_token_is_not_skipped_in_favour_of_a_cookie() -> None:
 # -- cookies ------------------------------------------------------------------------------------
 
 
-def test_first_matching_cookie_wins_across_several_cookie_headers() -> None:
+def test_several_session_cookies_all_go_to_kratos_exact_names_first() -> None:
     got = find(
         (b"cookie", b"theme=dark; lang=en"),
         (b"cookie", b"ory_session_abc123=first; ory_kratos_session=second"),
         (b"cookie", b"ory_kratos_session=third"),
     )
-    assert got == Credential("cookie", "first", "ory_session_abc123")
+    assert got == Credential(
+        "cookie", "second", "ory_kratos_session", (("ory_session_abc123", "first"),)
+    )
+    assert got is not None
+    assert got.whoami_headers() == {"Cookie": "ory_kratos_session=second; ory_session_abc123=first"}
+
+
+def test_cookie_ranking_follows_the_configured_order() -> None:
+    m = CookieMatcher(["b_*", "exact_two", "a_*", "exact_one"])
+    got = find(
+        (b"cookie", b"a_1=v1; b_2=v2; exact_one=v3; a_0=v4; exact_two=v5; b_1=v6"), matcher=m
+    )
+    assert got == Credential(
+        "cookie",
+        "v5",
+        "exact_two",
+        (("exact_one", "v3"), ("b_2", "v2"), ("b_1", "v6"), ("a_1", "v1"), ("a_0", "v4")),
+    )
+
+
+def test_a_malformed_extra_session_cookie_is_dropped_not_fatal() -> None:
+    """A planted junk cookie with bytes Go's cookie parser would drop cannot cost a 400."""
+    junk = b"ory_session_junk=" + b"a" * (MAX_CREDENTIAL_BYTES + 1)
+    got = find((b"cookie", junk + b"; ory_session_x=\x80; ory_kratos_session=real"))
+    assert got == Credential("cookie", "real", "ory_kratos_session")
+    with pytest.raises(MalformedCredential):  # but junk alone is still junk
+        find((b"cookie", b"ory_session_x=\x80; ory_session_y=" + b"b" * 5000))
+
+
+def _kratos_reads(credential: Credential | None, kratos_cookie: str) -> str | None:
+    """What Kratos does with the Cookie header the gate sends it: Go's r.Cookie(name)."""
+    if credential is None or credential.kind != "cookie":
+        return None
+    for name, value in iter_cookies(credential.whoami_headers()["Cookie"].encode()):
+        if name == kratos_cookie:
+            return value
+    return None
+
+
+JUNK_NAMES = st.sampled_from(
+    ["ory_kratos_session", "ory_session_x", "ory_session_", "ory_session_abc", "ory_session_zz"]
+)
+JUNK_VALUES = st.one_of(
+    st.from_regex(r"[\x21-\x3a\x3c-\x7e]{1,40}", fullmatch=True),
+    st.just("a" * (MAX_CREDENTIAL_BYTES + 1)),
+    st.just("bad\x80value"),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    kratos_cookie=st.sampled_from(["ory_kratos_session", "ory_session_abc", "ory_session_q1"]),
+    before=st.lists(st.tuples(JUNK_NAMES, JUNK_VALUES), max_size=5),
+    after=st.lists(st.tuples(JUNK_NAMES, JUNK_VALUES), max_size=5),
+    split=st.booleans(),
+)
+def test_planted_session_cookies_never_hide_the_real_one(
+    kratos_cookie: str, before: list[tuple[str, str]], after: list[tuple[str, str]], split: bool
+) -> None:
+    """The class: any session-looking cookies planted (a sibling subdomain can set them for the
+    parent domain), anywhere around the real one; Kratos still gets its own cookie. Only a
+    same-name cookie *before* the real one wins, at Kratos too (Go's first-of-name)."""
+    before = [(n, v) for n, v in before if n != kratos_cookie]
+    pairs = [*before, (kratos_cookie, "REALvalue"), *after]
+    text = [f"{n}={v}".encode("latin-1") for n, v in pairs]
+    headers = [(b"cookie", t) for t in text] if split else [(b"cookie", b"; ".join(text))]
+    got = find(*headers)
+    assert _kratos_reads(got, kratos_cookie) == "REALvalue"
 
 
 def test_first_of_two_same_name_cookies_wins() -> None:
@@ -271,19 +339,6 @@ def test_cache_key_is_a_digest_distinct_per_kind_name_and_value() -> None:
 # -- end to end: junk never reaches Kratos ---------------------------------------------------
 
 
-def raw_request(url: str, header_lines: list[bytes]) -> tuple[int, bytes]:
-    parts = urlsplit(url)
-    lines = [b"GET /protected HTTP/1.1", f"Host: {parts.netloc}".encode(), *header_lines]
-    lines += [b"Accept: application/json", b"Connection: close", b"", b""]
-    data = b""
-    with socket.create_connection((parts.hostname, parts.port), timeout=5) as sock:
-        sock.sendall(b"\r\n".join(lines))
-        while chunk := sock.recv(65536):
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split(b" ", 2)[1]), body
-
-
 BIG = "ory_st_" + "a" * 100_000
 
 
@@ -318,7 +373,9 @@ async def test_oversized_credential_gets_400_without_whoami(stack, headers) -> N
     ],
 )
 def test_8bit_credential_gets_400_without_whoami(stack, line: bytes) -> None:
-    status, body = raw_request(stack.url, [line])
+    name, _, value = line.decode("latin-1").partition(": ")
+    headers = [(name, value), ("Accept", "application/json")]
+    status, _, body = raw_request(stack.url, "/protected", headers)
     assert status == 400, body
     assert json.loads(body)["error"]["code"] == 400
     assert stack.fake.count("GET", "/sessions/whoami") == 0
@@ -352,6 +409,27 @@ async def test_valid_credentials_through_the_gate_follow_kratos_precedence(stack
         # malformed bearer: anonymous
         r = await c.get("/p", headers={"Authorization": f"Bearer  {bob.token}"})
         assert r.status_code == 401
+
+
+@pytest.mark.parametrize("kratos_cookie", ["ory_kratos_session", "ory_session_abc123"])
+async def test_a_planted_session_cookie_does_not_lock_the_user_out(make_stack, kratos_cookie):
+    """Self-hosted (`ory_kratos_session`) and Ory Network (`ory_session_<slug>`): junk cookies
+    planted for the parent domain, placed before the real one, change nothing."""
+    s = make_stack(fake_options={"cookie_name": kratos_cookie})
+    alice = s.fake.login("alice@example.com")
+    real = f"{kratos_cookie}={alice.cookie}"
+    planted = "ory_session_x=junk; ory_kratos_session=junk; ory_session_zz=" + "j" * 5000
+    if kratos_cookie == "ory_kratos_session":
+        planted = "ory_session_x=junk; ory_session_zz=" + "j" * 5000
+    async with s.client() as c:
+        for cookie in (f"theme=dark; {planted}; {real}", f"{real}; {planted}"):
+            r = await c.get("/p", headers={"Cookie": cookie, "Accept": "application/json"})
+            assert r.status_code == 200, (cookie[:80], r.text)
+            assert s.app.last_headers()["x-user-id"] == [alice.identity_id]
+            # none of the session cookies reach the app
+            sent = "; ".join(s.app.last_headers().get("cookie", []))
+            assert "junk" not in sent
+            assert alice.cookie not in sent
 
 
 def test_only_the_first_session_token_header_counts_like_go() -> None:

@@ -6,45 +6,21 @@ dot segments, encoded slashes or backslashes on the way.
 
 from __future__ import annotations
 
+import asyncio
 import json
-import socket
+import time
+import unicodedata
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from resources import raw_request
 from sessiongate.config import Settings
 from sessiongate.decide import Decider
 
 LOGIN = "http://127.0.0.1:4433/self-service/login/browser"
-
-
-def raw_request(
-    url: str,
-    target: str,
-    headers: list[tuple[str, str]] | None = None,
-    *,
-    method: str = "GET",
-    host: str | None = "default",
-) -> tuple[int, dict[str, list[str]], bytes]:
-    """Send one HTTP/1.1 request with `target` exactly as given; read the whole answer."""
-    parts = urlsplit(url)
-    lines = [f"{method} {target} HTTP/1.1".encode("latin-1")]
-    if host is not None:
-        lines.append(b"Host: " + (parts.netloc if host == "default" else host).encode("latin-1"))
-    lines += [f"{k}: {v}".encode("latin-1") for k, v in headers or []]
-    lines += [b"Connection: close", b"", b""]
-    data = b""
-    with socket.create_connection((parts.hostname, parts.port), timeout=5) as sock:
-        sock.sendall(b"\r\n".join(lines))
-        while chunk := sock.recv(65536):
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    status_line, *header_lines = head.decode("latin-1").split("\r\n")
-    out: dict[str, list[str]] = {}
-    for line in header_lines:
-        name, _, value = line.partition(":")
-        out.setdefault(name.strip().lower(), []).append(value.strip())
-    return int(status_line.split()[1]), out, body
 
 
 def whoami_calls(stack) -> int:
@@ -86,6 +62,29 @@ def test_gate_health_endpoints_are_answered_by_the_gate(stack) -> None:
     assert status == 200
     assert json.loads(body) == {"status": "ok"}
     assert stack.app.requests == []
+
+
+async def test_ready_asks_kratos_at_most_once_a_second(stack) -> None:
+    def kratos_ready_calls() -> int:
+        return stack.fake.count("GET", "/health/ready")
+
+    async with stack.client() as c:
+        start = time.monotonic()
+        answers = await asyncio.gather(*(c.get("/health/ready") for _ in range(30)))
+        answers += [await c.get("/health/ready") for _ in range(60)]
+        elapsed = time.monotonic() - start
+        assert {r.status_code for r in answers} == {200}
+        # one call per started second at most (concurrent probes share the one call)
+        assert 1 <= kratos_ready_calls() <= 1 + int(elapsed), elapsed
+        await asyncio.sleep(1.1)
+        before = kratos_ready_calls()
+        assert (await c.get("/health/ready")).status_code == 200
+        assert kratos_ready_calls() == before + 1
+        # a failure is cached the same way, and noticed within a second
+        stack.kratos.stop()
+        await asyncio.sleep(1.1)
+        assert (await c.get("/health/ready")).status_code == 503
+        assert (await c.get("/health/ready")).status_code == 503
 
 
 async def test_non_public_paths_need_a_session(stack) -> None:
@@ -185,7 +184,94 @@ def _decider(globs: list[str]) -> Decider:
     ],
 )
 def test_is_public_unit(path: str, raw: bytes | None, public: bool) -> None:
-    assert _decider(["/public/*", "/health/*"]).is_public(path, raw) is public
+    assert _decider(["/public/**", "/health/**"]).is_public(path, raw) is public
+
+
+# Fullwidth and other compatibility look-alikes of `/` and `.`: an app that NFKC-normalises
+# (many frameworks and filesystems do) would turn these into `/public/../admin`.
+LOOKALIKE_TRICKS = [
+    "/public/..%EF%BC%8Fadmin",  # U+FF0F fullwidth solidus
+    "/public/%EF%BC%8E%EF%BC%8E/admin",  # U+FF0E fullwidth full stop
+    "/public/%EF%BC%8E%EF%BC%8E%EF%BC%8Fadmin",
+    "/public/%E2%80%A5/admin",  # U+2025 two dot leader -> ".."
+    "/public/%EF%B9%92%EF%B9%92/admin",  # U+FE52 small full stop
+    "/public/%C2%AA",  # U+00AA feminine ordinal -> "a": any NFKC change counts
+]
+
+
+def test_unicode_lookalikes_never_make_a_path_public(stack) -> None:
+    failures = []
+    for target in LOOKALIKE_TRICKS:
+        status, _, body = raw_request(stack.url, target, [("Accept", "application/json")])
+        if status != 401:
+            failures.append((target, status, body[:200]))
+    assert failures == []
+    assert stack.app.requests == []
+
+
+def test_every_character_that_nfkc_changes_makes_a_path_protected() -> None:
+    """The class: every BMP character whose NFKC form differs, anywhere in a public path."""
+    decider = _decider(["/public/**"])
+    changed = [
+        chr(c)
+        for c in range(0x80, 0x10000)
+        if not 0xD800 <= c <= 0xDFFF and unicodedata.normalize("NFKC", chr(c)) != chr(c)
+    ]
+    assert len(changed) > 2500  # the corpus is the whole class, not a handful
+    public = [
+        ch
+        for ch in changed
+        if decider.is_public(f"/public/a{ch}b", f"/public/a{ch}b".encode())
+        or decider.is_public(f"/public/{ch}", None)
+    ]
+    assert public == []
+    # non-ASCII that NFKC keeps (é, ü, CJK) stays public: the rule is "changes", not "non-ASCII"
+    for path in ["/public/caf\u00e9", "/public/\u6771\u4eac", "/public/\u00fc/x"]:
+        assert decider.is_public(path, path.encode()) is True
+
+
+@pytest.mark.parametrize(
+    ("glob", "path", "match"),
+    [
+        ("/api/*/docs", "/api/v1/docs", True),
+        ("/api/*/docs", "/api/admin/x/docs", False),  # `*` stays inside one segment
+        ("/api/*/docs", "/api//docs", False),
+        ("/api/**/docs", "/api/admin/x/docs", True),  # `**` crosses segments
+        ("/api/**/docs", "/api/v1/docs", True),
+        ("/assets/*", "/assets/app.css", True),
+        ("/assets/*", "/assets/", True),
+        ("/assets/*", "/assets/img/logo.png", False),
+        ("/assets/**", "/assets/img/logo.png", True),
+        ("/assets/**", "/assets", False),
+        ("/assets/*.css", "/assets/a.css", True),
+        ("/assets/*.css", "/assets/x/a.css", False),
+        ("/a/?", "/a/b", True),
+        ("/a/?", "/a//", False),  # `?` is not a `/` either
+        ("/a/[bc]/d", "/a/c/d", True),
+        ("/a/[!x]/d", "/a/y/d", True),
+        ("/a/[!x]/d", "/a///d", False),  # a negated class does not admit `/`
+        ("/a/[!x]/d", "/a/x/d", False),
+        ("/a/[x", "/a/[x", True),  # an unclosed `[` is literal
+        ("/a.b", "/aXb", False),  # glob text is literal, not a regex
+        ("/a+", "/aa", False),
+    ],
+)
+def test_glob_segments(glob: str, path: str, match: bool) -> None:
+    assert _decider([glob]).is_public(path, None) is match
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.from_regex(r"[a-z0-9._-]{1,8}", fullmatch=True), min_size=1, max_size=4),
+    st.lists(st.from_regex(r"[a-z0-9_-]{1,8}", fullmatch=True), min_size=1, max_size=4),
+)
+def test_a_single_star_never_crosses_a_slash(prefix: list[str], middle: list[str]) -> None:
+    prefix = [p for p in prefix if p not in (".", "..")] or ["p"]
+    glob_prefix = "/" + "/".join(prefix)
+    path = f"{glob_prefix}/{'/'.join(middle)}/end"
+    one, two = _decider([glob_prefix + "/*/end"]), _decider([glob_prefix + "/**/end"])
+    assert one.is_public(path, None) is (len(middle) == 1)
+    assert two.is_public(path, None) is True
 
 
 def test_is_public_with_no_globs_is_false() -> None:
@@ -305,8 +391,6 @@ MALFORMED_HOSTS = [
     "[fff]",  # bracketed but not IPv6
     "[::1",
     "a_b.test",
-    "",
-    None,  # no Host header at all
 ]
 
 
@@ -318,6 +402,46 @@ def test_malformed_host_gives_login_redirect_without_return_to(stack) -> None:
             failures.append((host, status, headers.get("location"), body[:200]))
     assert failures == []
     assert stack.app.requests == []
+
+
+# (HTTP version, Host header lines): none, or several that may disagree
+AMBIGUOUS_HOSTS = [
+    ("1.1", []),
+    ("1.1", [""]),
+    ("1.0", []),
+    ("1.1", ["gate.test", "evil.com"]),
+    ("1.1", ["gate.test", "gate.test"]),
+    ("1.0", ["evil.com", "gate.test"]),
+    ("1.1", ["gate.test", ""]),
+    ("1.1", ["gate.test", "gate.test", "gate.test"]),
+]
+
+
+@pytest.mark.parametrize(("version", "hosts"), AMBIGUOUS_HOSTS)
+@pytest.mark.parametrize("target", ["/x", "/public/x", "/health/alive", "/sessions/whoami"])
+def test_no_host_or_several_hosts_is_a_400(make_stack, version, hosts, target) -> None:
+    s = make_stack(forwarded={"trusted_proxies": ["127.0.0.1/32"]})
+    alice = s.fake.login("alice@example.com")
+    headers = [("Host", h) for h in hosts] + [
+        ("Accept", "text/html"),
+        ("X-Session-Token", alice.token),
+        ("X-Forwarded-Host", "evil.com"),
+    ]
+    status, _, body = raw_request(s.url, target, headers, host=None, version=version)
+    assert status == 400, body
+    assert json.loads(body)["error"]["code"] == 400
+    assert s.app.requests == []
+    assert whoami_calls(s) == 0
+
+
+def test_has_one_host_unit() -> None:
+    one = Decider.has_one_host
+    assert one([(b"host", b"a")])
+    assert one([(b"accept", b"*/*"), (b"host", b"a:1")])
+    assert not one([(b"host", b"")])  # granian's stand-in for a missing Host
+    assert not one([])
+    assert not one([(b"x-host", b"a")])
+    assert not one([(b"host", b"a"), (b"host", b"a")])
 
 
 @pytest.mark.parametrize(

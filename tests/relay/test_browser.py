@@ -103,7 +103,13 @@ class CorsUpstream:
         while (await receive()).get("more_body"):
             pass
         body = b'{"app":"ok"}'
-        headers = [(b"content-type", b"application/json"), (b"content-length", b"12")]
+        if scope["method"] == "OPTIONS":  # what reached the app, and who it was told it served
+            users = [v.decode() for k, v in scope["headers"] if k == b"x-user-id"]
+            body = json.dumps({"app": "ok", "method": "OPTIONS", "user": users}).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", b"%d" % len(body)),
+        ]
         if scope["path"] == "/own-cors":
             headers += [
                 (b"access-control-allow-origin", b"*"),
@@ -236,17 +242,22 @@ async def test_browser_cors_allowed_and_disallowed_origins(
             assert [s["id"] for s in json.loads(after["body"])] == [other2.id]
             assert after["headers"]["x-total-count"] == "1"
 
-            # the gate's own 401 on an app path is readable too (a custom header: preflighted)
-            bogus = await call(
-                page,
-                "bogus token",
-                gate + "/app/private",
-                {"headers": {"X-Session-Token": "not-a-session-token"}},
-            )
+            # the gate's own 401 on an app path is readable too
+            bogus = await call(page, "no session", gate + "/app/private", {"credentials": "omit"})
             assert (bogus["ok"], bogus["status"]) == (True, 401), bogus
             error = json.loads(bogus["body"])["error"]
             assert (error["code"], error["status"]) == (401, "Unauthorized"), error
             assert bogus["headers"]["content-type"].startswith("application/json")
+
+            # a preflighted call to an app route: the preflight is the app's to answer (this
+            # echo app sends no CORS headers, so the browser stops there)
+            app_calls = len(relay.app.requests)
+            custom = await call(
+                page, "app preflight", gate + "/app/custom", {**include, "headers": {"X-Foo": "1"}}
+            )
+            assert custom["ok"] is False, custom
+            assert custom["error"].startswith("TypeError"), custom
+            assert [r["method"] for r in relay.app.requests[app_calls:]] == ["OPTIONS"]
 
             # apply_to "sessions": the app's own answers get no CORS headers, so even the
             # allowed origin cannot read them (the request itself did reach the app)
@@ -330,7 +341,9 @@ def _header_list(value: str | None) -> set[str]:
     return {part.strip().lower() for part in (value or "").split(",") if part.strip()}
 
 
-@pytest.mark.parametrize("path", ["/sessions/00000000-0000-0000-0000-000000000001", "/app/x"])
+@pytest.mark.parametrize(
+    "path", ["/sessions/00000000-0000-0000-0000-000000000001", "/sessions/whoami", "/health/ready"]
+)
 async def test_preflight_from_allowed_origin(cors_relay: tuple[Any, str, str], path: str) -> None:
     relay, ok_origin, _ = cors_relay
     async with relay.client() as client:
@@ -391,6 +404,46 @@ async def test_vary_origin_and_exposed_headers(cors_relay: tuple[Any, str, str])
         r = await client.get("/sessions/whoami", headers={**token, "Origin": bad_origin})
         assert r.status_code == 200
         assert "access-control-allow-origin" not in r.headers
+
+
+@pytest.mark.parametrize("cors", [{"allowed_origins": ["ORIGIN"]}, {}])
+@pytest.mark.parametrize(
+    "request_headers", ["x-foo", "x-foo,content-type", "x-session-token", "x-requested-with"]
+)
+async def test_preflights_for_app_routes_reach_the_app(
+    pages: tuple[UvicornThread, UvicornThread], cors: dict[str, Any], request_headers: str
+) -> None:
+    """With `apply_to: sessions` (or CORS off) the app answers its own routes' preflights,
+    whatever headers they ask for; browsers send them without credentials."""
+    allowed, _ = pages
+    cors = {k: [allowed.url] for k in cors}
+    with _gate_in_front_of(CorsUpstream(), cors) as (fake, gate):
+        async with httpx.AsyncClient(base_url=gate, timeout=10) as client:
+            r = await client.options(
+                "/own-cors",
+                headers={
+                    "Origin": allowed.url,
+                    "Access-Control-Request-Method": "PUT",
+                    "Access-Control-Request-Headers": request_headers,
+                    "X-User-Id": "spoofed",
+                },
+            )
+            assert r.status_code == 200, r.text
+            assert r.json() == {"app": "ok", "method": "OPTIONS", "user": []}
+            assert r.headers.get_list("access-control-allow-origin") == ["*"]  # the app's
+            assert "access-control-allow-headers" not in r.headers  # not the gate's list
+            # not a preflight (no Access-Control-Request-Method, or a body): never reaches the
+            # app without a session
+            r = await client.options("/own-cors", headers={"Origin": allowed.url})
+            assert r.status_code == 401
+            r = await client.request(
+                "OPTIONS",
+                "/own-cors",
+                headers={"Origin": allowed.url, "Access-Control-Request-Method": "PUT"},
+                content=b"x",
+            )
+            assert b'"app"' not in r.content, r.text
+        assert fake.count("GET", "/sessions/whoami") == 0
 
 
 def test_config_refuses_wildcard_with_credentials() -> None:

@@ -403,7 +403,7 @@ def servers(
             },
             "upstream": {"url": upstream.url, "timeout": 10, "connect_timeout": 2},
             "cache": {"ttl": cfg.ttl},
-            "access": {"login_url": f"http://127.0.0.1:{port}/login"},
+            "access": {"login_url": kratos.public_url + "/self-service/login/browser"},
             "sessions_api": {"enabled": True},
             "log_level": "warning",
         }

@@ -163,11 +163,34 @@ def model(headers: RawHeaders) -> Credential | type[MalformedCredential] | None:
     tokens = [v for n, v in headers if n == b"x-session-token"]
     if tokens and tokens[0]:  # Go's Header.Get: the first one only
         return vetted("token", tokens[0])
+    # every session cookie (first non-empty value per name); several are ranked exact names
+    # first in configured order, then by the first glob they match, and malformed ones dropped
+    found: dict[str, str] = {}
     for name, value in headers:
         if name == b"cookie":
             for cname, cvalue in iter_cookies(value):
                 if cvalue and MATCHER(cname):
-                    return vetted("cookie", cvalue.encode("latin-1"), cname)
+                    found.setdefault(cname, cvalue)
+    if len(found) == 1:
+        ((cname, cvalue),) = found.items()
+        return vetted("cookie", cvalue.encode("latin-1"), cname)
+    if found:
+
+        def rank(cname: str) -> int:
+            if cname in SESSION_COOKIES:
+                return SESSION_COOKIES.index(cname) - len(SESSION_COOKIES)
+            return next(i for i, g in enumerate(SESSION_COOKIES) if fnmatch.fnmatchcase(cname, g))
+
+        kept = [
+            (n, v)
+            for n, v in sorted(found.items(), key=lambda item: rank(item[0]))
+            if vetted("cookie", n.encode("latin-1")) is not MalformedCredential
+            and vetted("cookie", v.encode("latin-1")) is not MalformedCredential
+        ]
+        if not kept:
+            return MalformedCredential
+        (cname, cvalue), *others = kept
+        return Credential("cookie", cvalue, cname, tuple(others))
     # the first Authorization only, like Go's Header.Get (an empty one hides later ones)
     authorizations = [v for n, v in headers if n == b"authorization"]
     if authorizations and authorizations[0]:
@@ -206,15 +229,18 @@ def test_a_found_credential_is_clean_bounded_and_really_in_the_request(headers: 
     if found.kind == "token":
         assert raw == next(v for n, v in headers if n == b"x-session-token")
     elif found.kind == "cookie":
-        assert MATCHER(found.cookie_name)
-        name = found.cookie_name.encode("latin-1")
-        spelled = (name + b"=" + raw, name + b'="' + raw + b'"')
-        assert any(s in v for n, v in headers if n == b"cookie" for s in spelled)
+        for cname, cvalue in ((found.cookie_name, found.value), *found.others):
+            assert MATCHER(cname)
+            name, value = cname.encode("latin-1"), cvalue.encode("ascii")
+            assert VISIBLE.fullmatch(value)
+            assert len(value) <= MAX_CREDENTIAL_BYTES
+            spelled = (name + b"=" + value, name + b'="' + value + b'"')
+            assert any(s in v for n, v in headers if n == b"cookie" for s in spelled)
     else:
         assert found.kind == "bearer"
         first = next(v for n, v in headers if n == b"authorization")
         assert first.lower() == b"bearer " + raw.lower()
-    # what whoami is sent carries nothing but that one credential
+    # what whoami is sent carries nothing but that one credential (all session cookies)
     ((wname, wvalue),) = found.whoami_headers().items()
     assert found.value in wvalue
     assert _clean_bytes(wvalue.encode("latin-1"))
