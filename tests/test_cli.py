@@ -332,6 +332,19 @@ def test_serve_proxies_authenticated_requests_and_refuses_others(tmp_path, backe
             lines = [("Host", h) for h in hosts] + headers
             status, _, body = raw_request(gate.url, "/hello", lines, host=None, version=version)
             assert status == 400, (version, hosts, body)
+        # the same for WebSocket handshakes: refused before Kratos or the app is asked
+        upgrade = [
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("Sec-WebSocket-Version", "13"),
+        ]
+        whoami = backends.kratos.fake.count("GET", "/sessions/whoami")
+        for hosts in [[], [""], ["a.test", "b.test"]]:
+            lines = [("Host", h) for h in hosts] + upgrade + headers
+            status, _, body = raw_request(gate.url, "/ws", lines, host=None)
+            assert status in (400, 403), (hosts, body)
+        assert backends.kratos.fake.count("GET", "/sessions/whoami") == whoami
         assert len(backends.app.requests) == seen
     # without public_url the Host header decides the origin: said at start-up
     assert "public_url: not set" in gate.output()

@@ -145,8 +145,9 @@ class Gate:
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         guard = self.websockets
-        if guard.refuses_origin(scope):
-            # cross-site WebSocket hijacking: closed before accept, the server answers 403
+        if not Decider.has_one_host(scope["headers"]) or guard.refuses_origin(scope):
+            # no single Host (origin and X-Forwarded-Host could disagree), or cross-site
+            # WebSocket hijacking: closed before accept, the server answers 403
             await send({"type": "websocket.close", "code": 1008})
             return
         admitted = await self.gatekeeper.check(scope, send)
