@@ -109,6 +109,7 @@ def _cookie_pairs(header: bytes) -> list[tuple[bytes, bytes]]:
     out = []
     for part in header.split(b";"):
         name, sep, value = part.strip().partition(b"=")
+        name = name.strip()  # `a \t= b`: the name is `a`, as Go trims it
         if sep and name:
             if len(value) > 1 and value[0] == value[-1] == 0x22:  # "
                 value = value[1:-1]

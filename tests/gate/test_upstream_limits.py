@@ -35,7 +35,7 @@ def client_at(address: str, **headers: str) -> dict[str, str]:
 def limited(make_stack: Callable[..., Stack], **upstream: Any) -> Stack:
     # /slow/<s>: the echo app answers after s seconds; public, so no session is needed
     return make_stack(
-        **TRUSTED, upstream=upstream, access={"public_paths": ["/public/*", "/slow/*"]}
+        **TRUSTED, upstream=upstream, access={"public_paths": ["/public/**", "/slow/**"]}
     )
 
 

@@ -6,7 +6,7 @@ keeps the raw method, path and query of every request Kratos receives. What an a
 over a raw socket (so no client library tidies it up), and what must hold for every route:
 
 * ids: encoded `?`, `#`, `/`, `\\`, `;`, dot segments, controls, CR LF, non-ASCII, over-long,
-  and the spellings Kratos accepts (braces, `urn:uuid:`, hex, upper case): Kratos receives only
+  and the spellings Kratos accepts (braces, lower-case `urn:uuid:`, bare hex, upper-case digits): Kratos receives only
   the route that matched, with the canonical id (or nothing, and the gate answers Kratos' 400 /
   401), never another endpoint (issue 10 item 1);
 * queries: encoded and raw `#`, `?`, `&`, `/`: the upstream path is still exactly the route's, and
@@ -138,8 +138,10 @@ IDS: list[tuple[str, str | None]] = [
     ("%7B" + U + "%7D", U),
     ("{" + U + "}", U),
     ("urn:uuid:" + U, U),
-    ("URN:UUID:" + U, U),
+    ("URN:UUID:" + U, None),  # gofrs v4.4.0 compares the prefix byte for byte (codec.go)
     (U.replace("-", ""), U),
+    ("{" + U.replace("-", "") + "}", U),  # the 34-byte form
+    ("urn:uuid:" + U.replace("-", ""), U),  # the 41-byte form
     (U + "%3F", None),
     (U + "%3Finclude_credential=password%23", None),
     (U + "%3Fpage_size=1", None),
