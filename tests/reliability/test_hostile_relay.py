@@ -6,9 +6,9 @@ keeps the raw method, path and query of every request Kratos receives. What an a
 over a raw socket (so no client library tidies it up), and what must hold for every route:
 
 * ids: encoded `?`, `#`, `/`, `\\`, `;`, dot segments, controls, CR LF, non-ASCII, over-long,
-  and the spellings Kratos accepts (braces, lower-case `urn:uuid:`, bare hex, upper-case digits): Kratos receives only
-  the route that matched, with the canonical id (or nothing, and the gate answers Kratos' 400 /
-  401), never another endpoint (issue 10 item 1);
+  and the spellings Kratos accepts (braces, lower-case `urn:uuid:`, bare hex, upper-case
+  digits): Kratos receives only the route that matched, with the canonical id (or nothing,
+  and the gate answers Kratos' 400 / 401), never another endpoint (issue 10 item 1);
 * queries: encoded and raw `#`, `?`, `&`, `/`: the upstream path is still exactly the route's, and
   the query carries the same pairs;
 * paths that only start like a relay route are the app's (item 9);
