@@ -266,8 +266,13 @@ async def test_public_path_passes_without_a_session(app_url, views):
     assert views.calls == 1
 
 
-async def test_preflight_reaches_the_app_without_a_session(app_url, fake, views):
-    """The app's own CORS layer answers preflights; browsers send them without credentials."""
+async def test_preflight_reaches_the_app_without_a_session(kratos, fake, views, serve):
+    """Under `cors.apply_to: sessions` the app's own CORS layer answers preflights; browsers
+    send them without credentials."""
+    settings = make_settings(
+        kratos.public_url, cors={"allowed_origins": ["https://front.example.com"]}
+    )
+    app_url = serve(starlette_app(settings, views), lifespan="on")
     async with await client(app_url) as c:
         r = await c.options(
             "/cors",
@@ -281,11 +286,40 @@ async def test_preflight_reaches_the_app_without_a_session(app_url, fake, views)
         assert r.status_code == 200, r.text
         assert r.json()["authenticated"] is False
         assert r.json()["x_user_id"] == []
-        # an OPTIONS that is not a preflight still needs a session
+        # an OPTIONS that is not a preflight (no Access-Control-Request-Method, or a body)
+        # still needs a session
         r = await c.options("/cors", headers={"Origin": "https://front.example.com"})
+        assert r.status_code == 401
+        r = await c.request(
+            "OPTIONS",
+            "/cors",
+            headers={"Origin": "https://front.example.com", "Access-Control-Request-Method": "PUT"},
+            content=b"x",
+        )
         assert r.status_code == 401
     assert views.calls == 1
     assert fake.count("GET", "/sessions/whoami") == 0
+
+
+@pytest.mark.parametrize("cors", ["off", "all"])
+async def test_preflight_needs_a_session_unless_apply_to_sessions(kratos, fake, views, serve, cors):
+    """With CORS off (or `apply_to: all`) an OPTIONS preflight is an ordinary request: any view
+    that ignores the method would otherwise run unauthenticated."""
+    overrides = {} if cors == "off" else {"cors": {"allowed_origins": ["*"], "apply_to": "all"}}
+    if cors == "all":
+        overrides["cors"]["allow_credentials"] = False
+    app_url = serve(starlette_app(make_settings(kratos.public_url, **overrides), views))
+    preflight = {"Origin": "https://evil.example", "Access-Control-Request-Method": "DELETE"}
+    async with await client(app_url) as c:
+        r = await c.options("/cors?x=1", headers=preflight)
+        assert r.status_code == 401, r.text
+        # a "preflight" with a body is an ordinary request too
+        r = await c.request("OPTIONS", "/cors", headers=preflight, content=b"x")
+        assert r.status_code == 401, r.text
+        alice = fake.login("alice@example.com")
+        r = await c.options("/cors", headers={**preflight, "X-Session-Token": alice.token})
+        assert r.status_code == 200, r.text
+    assert views.calls == 1
 
 
 @pytest.mark.parametrize(("version", "hosts"), [("1.1", []), ("1.0", []), ("1.1", ["a", "b"])])

@@ -108,6 +108,9 @@ class Gate:
         self._ready, self._ready_until, self._ready_lock = False, 0.0, asyncio.Lock()
         cors = settings.cors
         self.cors_all = cors.apply_to == "all"
+        # only then does the app answer its own preflights; with CORS off an OPTIONS is an
+        # ordinary request, which needs a session like any other
+        self.app_preflights = cors.enabled and not self.cors_all
         self.cors = (
             CORSMiddleware(
                 self._http,
@@ -182,8 +185,8 @@ class Gate:
             await self.relay(scope, receive, send)
             return
         gatekeeper = self.gatekeeper
-        if Decider.is_preflight(scope["method"], scope["headers"]):
-            # The gate's CORS does not cover this route (see `_app_preflight`): the app answers
+        if self.app_preflights and Decider.is_preflight(scope["method"], scope["headers"]):
+            # `apply_to: sessions` and not the relay's (see `_app_preflight`): the app answers
             # its own preflights, which browsers send without credentials.
             headers = gatekeeper.identity.strip(scope["headers"])
             await self.proxy.forward(scope, receive, scope.get(RAW_SEND, send), headers)

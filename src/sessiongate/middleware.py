@@ -91,6 +91,10 @@ class SessionGateMiddleware:
             transport=kratos_transport,
         )
         self.gatekeeper = Gatekeeper(self.settings, self.kratos)
+        # as in proxy mode: preflights pass without a session only under `cors.apply_to:
+        # sessions`; with CORS off an OPTIONS needs a session like any other request
+        cors = self.settings.cors
+        self.app_preflights = cors.enabled and cors.apply_to == "sessions"
         for warning in config_warnings(self.settings):
             log.warning("configuration: %s", warning)
 
@@ -114,7 +118,11 @@ class SessionGateMiddleware:
                 await send({"type": "websocket.close", "code": 1008})
             return
         gatekeeper = self.gatekeeper
-        if scope["type"] == "http" and Decider.is_preflight(scope["method"], scope["headers"]):
+        if (
+            scope["type"] == "http"
+            and self.app_preflights
+            and Decider.is_preflight(scope["method"], scope["headers"])
+        ):
             # the app's CORS layer answers it; browsers send preflights without credentials
             admitted = Pass(None, gatekeeper.identity.strip(scope["headers"]))
         else:

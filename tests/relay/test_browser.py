@@ -406,18 +406,16 @@ async def test_vary_origin_and_exposed_headers(cors_relay: tuple[Any, str, str])
         assert "access-control-allow-origin" not in r.headers
 
 
-@pytest.mark.parametrize("cors", [{"allowed_origins": ["ORIGIN"]}, {}])
 @pytest.mark.parametrize(
     "request_headers", ["x-foo", "x-foo,content-type", "x-session-token", "x-requested-with"]
 )
 async def test_preflights_for_app_routes_reach_the_app(
-    pages: tuple[UvicornThread, UvicornThread], cors: dict[str, Any], request_headers: str
+    pages: tuple[UvicornThread, UvicornThread], request_headers: str
 ) -> None:
-    """With `apply_to: sessions` (or CORS off) the app answers its own routes' preflights,
-    whatever headers they ask for; browsers send them without credentials."""
+    """With `apply_to: sessions` the app answers its own routes' preflights, whatever headers
+    they ask for; browsers send them without credentials."""
     allowed, _ = pages
-    cors = {k: [allowed.url] for k in cors}
-    with _gate_in_front_of(CorsUpstream(), cors) as (fake, gate):
+    with _gate_in_front_of(CorsUpstream(), {"allowed_origins": [allowed.url]}) as (fake, gate):
         async with httpx.AsyncClient(base_url=gate, timeout=10) as client:
             r = await client.options(
                 "/own-cors",
@@ -444,6 +442,42 @@ async def test_preflights_for_app_routes_reach_the_app(
             )
             assert b'"app"' not in r.content, r.text
         assert fake.count("GET", "/sessions/whoami") == 0
+
+
+@pytest.mark.parametrize("cors", ["off", "all"])
+async def test_preflights_never_reach_the_app_unless_apply_to_sessions(
+    pages: tuple[UvicornThread, UvicornThread], cors: str
+) -> None:
+    """An unauthenticated OPTIONS would run any app handler that ignores the method: with CORS
+    off a preflight is an ordinary request (401 without a session), with `apply_to: all` the
+    gate answers it. Either way the app sees nothing."""
+    allowed, _ = pages
+    upstream = CorsUpstream()
+    settings = {} if cors == "off" else {"allowed_origins": [allowed.url], "apply_to": "all"}
+    with _gate_in_front_of(upstream, settings) as (fake, gate):
+        alice = fake.login(ALICE)
+        async with httpx.AsyncClient(base_url=gate, timeout=10) as client:
+            preflight = {"Origin": allowed.url, "Access-Control-Request-Method": "DELETE"}
+            r = await client.options("/private/report?x=1", headers=preflight)
+            assert b'"app"' not in r.content, r.text
+            if cors == "off":
+                assert r.status_code == 401, r.text
+            else:  # the gate's own answer, with its fixed lists
+                assert r.status_code == 200, r.text
+                assert r.headers.get_list("access-control-allow-origin") == [allowed.url]
+                assert "DELETE" in r.headers["access-control-allow-methods"]
+            # with a session the OPTIONS reaches the app as any request would (CORS off)
+            if cors == "off":
+                r = await client.options(
+                    "/private/report", headers={**preflight, "X-Session-Token": alice.token}
+                )
+                assert r.status_code == 200, r.text
+                assert r.json()["user"] == [alice.identity_id]
+            # a "preflight" with a body is an ordinary request
+            r = await client.request("OPTIONS", "/private/report", headers=preflight, content=b"x")
+            assert b'"app"' not in r.content, r.text
+            if cors == "off":
+                assert r.status_code == 401, r.text
 
 
 def test_config_refuses_wildcard_with_credentials() -> None:
