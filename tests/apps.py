@@ -2,6 +2,7 @@
 
 `EchoApp` answers every request with what it received (method, path, query, headers, body
 length) and records it, so tests can assert what reached the app and what did not.
+`ClosingApp` is a WebSocket app that records how its sockets were closed.
 """
 
 from __future__ import annotations
@@ -110,3 +111,29 @@ class EchoApp:
         for k, v in self.requests[-1]["headers"]:
             out.setdefault(k, []).append(v)
         return out
+
+
+class ClosingApp:
+    """Closes with the code and reason a client asks for (`close:<code>:<reason>`), and
+    records the code and reason of a client's close."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.disconnects: list[tuple[int, str]] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "websocket":
+            return
+        await receive()
+        await send({"type": "websocket.accept"})
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                self.disconnects.append((message.get("code", 0), message.get("reason") or ""))
+                return
+            text = message.get("text") or ""
+            if text.startswith("close:"):
+                _, code, reason = text.split(":", 2)
+                await send({"type": "websocket.close", "code": int(code), "reason": reason})
+                return
+            await send({"type": "websocket.send", "text": "echo:" + text})

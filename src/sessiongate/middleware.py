@@ -5,14 +5,18 @@ nothing: it answers denials itself and, for admitted requests, annotates the sco
 Starlette's `AuthenticationMiddleware` does (`request.user`, `request.auth`) plus
 `request.state.ory_session` (built once per cached session and shared by its requests: treat
 them as read-only), and replaces the identity headers so code that reads `X-User-Id`
-stays safe. On public paths and CORS preflights (which pass without a session) `request.user`
-is Starlette's `UnauthenticatedUser` and `request.auth` empty `AuthCredentials`. A request
-without exactly one Host header gets 400, as in proxy mode. `require_session` is a dependency
-for FastAPI (or a helper for Starlette views).
+stays safe. On public paths and CORS preflights (which pass without a session, only under
+`cors.apply_to: sessions`) `request.user` is Starlette's `UnauthenticatedUser` and
+`request.auth` empty `AuthCredentials`. A request without exactly one Host header gets 400, as
+in proxy mode. WebSockets go through the proxy mode's `WebSocketGuard`: foreign-Origin cookie
+handshakes are refused, and a socket whose session ends is closed on both sides
+(`_WatchedSocket`). `require_session` is a dependency for FastAPI (or a helper for Starlette
+views).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -27,6 +31,7 @@ from sessiongate.decide import Decider
 from sessiongate.gatekeeper import Gatekeeper, Pass
 from sessiongate.kratos import KratosClient
 from sessiongate.responses import send_error
+from sessiongate.websocket_guard import SocketWatch, WebSocketGuard
 
 log = logging.getLogger("sessiongate")
 
@@ -95,6 +100,11 @@ class SessionGateMiddleware:
         # sessions`; with CORS off an OPTIONS needs a session like any other request
         cors = self.settings.cors
         self.app_preflights = cors.enabled and cors.apply_to == "sessions"
+        gk = self.gatekeeper
+        # as in proxy mode: cross-site handshakes refused, sockets closed with their session
+        self.websockets = WebSocketGuard(
+            gk.decider, gk.cookie_matcher, gk.authenticator, gk.cache, cors.allows
+        )
         for warning in config_warnings(self.settings):
             log.warning("configuration: %s", warning)
 
@@ -109,7 +119,9 @@ class SessionGateMiddleware:
                 return
             await self.app(scope, receive, send)
             return
-        if not Decider.has_one_host(scope["headers"]):
+        if not Decider.has_one_host(scope["headers"]) or (
+            scope["type"] == "websocket" and self.websockets.refuses_origin(scope)
+        ):
             if scope["type"] == "http":
                 await send_error(
                     send, 400, reason="The request must carry exactly one Host header."
@@ -145,7 +157,14 @@ class SessionGateMiddleware:
             if annotations is None:  # once per cached session, not per request
                 annotations = entry.annotations = _annotations(entry.session)
             scope["user"], scope["auth"], state["ory_session"] = annotations
-        await self.app(scope, receive, send)
+        watch = self.websockets.watch(scope, entry) if scope["type"] == "websocket" else None
+        if watch is None:
+            await self.app(scope, receive, send)
+            return
+        try:
+            await _WatchedSocket(watch, receive, send).run(self.app, scope)
+        finally:
+            self.websockets.release(watch)
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def closing_send(message: dict[str, Any]) -> None:
@@ -154,6 +173,67 @@ class SessionGateMiddleware:
             await send(message)
 
         await self.app(scope, receive, closing_send)
+
+
+class SocketClosed(OSError):
+    """The app sent on a socket the gate closed (ASGI: send on a closed connection)."""
+
+
+class _WatchedSocket:
+    """The app's side of a socket whose session is watched: when the watch ends, the client
+    gets a close with its code and reason, the app a `websocket.disconnect` (at its pending or
+    next receive), and later sends from the app raise `SocketClosed`."""
+
+    def __init__(self, watch: SocketWatch, receive: Receive, send: Send) -> None:
+        self.ended = watch.ended
+        self._receive, self._send = receive, send
+        self.closed = False  # a close went to the client, from the app or from the gate
+
+    async def run(self, app: ASGIApp, scope: Scope) -> None:
+        closer = asyncio.ensure_future(self._close_when_ended())
+        try:
+            await app(scope, self.receive, self.send)
+        except SocketClosed:
+            if not self.ended.done():
+                raise
+        finally:
+            closer.cancel()
+            if self.ended.done():  # the app returned at the disconnect before the close went
+                await self._close()
+
+    async def _close_when_ended(self) -> None:
+        await asyncio.wait((self.ended,))  # not `await`: cancelling this must not cancel it
+        await self._close()
+
+    async def _close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            code, reason = self.ended.result()
+            # before accept this refuses the handshake (403); after, a close frame
+            await self._send({"type": "websocket.close", "code": code, "reason": reason})
+
+    def _disconnect(self) -> dict[str, Any]:
+        code, reason = self.ended.result()
+        return {"type": "websocket.disconnect", "code": code, "reason": reason}
+
+    async def receive(self) -> dict[str, Any]:
+        if self.ended.done():
+            return self._disconnect()
+        receiving = asyncio.ensure_future(self._receive())
+        await asyncio.wait((receiving, self.ended), return_when=asyncio.FIRST_COMPLETED)
+        if receiving.done():
+            return receiving.result()
+        receiving.cancel()
+        await self._close()
+        return self._disconnect()
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if self.closed:
+            if self.ended.done():
+                raise SocketClosed("the session ended; the gate closed this socket")
+        elif message["type"] == "websocket.close":
+            self.closed = True
+        await self._send(message)
 
 
 def require_session(conn: HTTPConnection) -> dict[str, Any]:

@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 from gate_stack import Stack
-from starlette.types import Receive, Scope, Send
 from test_proxy import no_asgi_exceptions  # noqa: F401  (autouse: errors the servers log fail)
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from apps import ClosingApp
 from resources import until
 
 WHOAMI = ("GET", "/sessions/whoami")
@@ -211,32 +211,6 @@ async def test_a_public_path_socket_is_not_watched(stack: Stack) -> None:
 
 
 # -- item 13: close codes and reasons, both ways ---------------------------------------------
-class ClosingApp:
-    """Closes with the code and reason a client asks for (`close:<code>:<reason>`), and
-    records the code and reason of a client's close."""
-
-    def __init__(self) -> None:
-        self.requests: list[dict[str, Any]] = []
-        self.disconnects: list[tuple[int, str]] = []
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "websocket":
-            return
-        await receive()
-        await send({"type": "websocket.accept"})
-        while True:
-            message = await receive()
-            if message["type"] == "websocket.disconnect":
-                self.disconnects.append((message.get("code", 0), message.get("reason") or ""))
-                return
-            text = message.get("text") or ""
-            if text.startswith("close:"):
-                _, code, reason = text.split(":", 2)
-                await send({"type": "websocket.close", "code": int(code), "reason": reason})
-                return
-            await send({"type": "websocket.send", "text": "echo:" + text})
-
-
 @pytest.mark.parametrize(
     ("code", "reason"), [(4001, "bye from the app"), (1001, ""), (1000, "é" * 61)]
 )
