@@ -11,9 +11,10 @@
 * The session's end: an open socket is closed with 1008 when its session is revoked through the
   gate (the cache tells its `listeners`: `evict_session`, `evict_identity`; `clear()`, which
   says "some sessions were revoked, unknown which", re-validates every open socket at once),
-  and when it lapses: when its cache entry expires (at most `cache.ttl`), the socket's
-  credential is checked again through the authenticator (one whoami shared by every socket and
-  request with that credential). One timer per socket, no polling. Kratos unreachable at a
+  and when it lapses: when its cache entry expires (at most `cache.ttl`, at least
+  `MIN_RECHECK`), the socket's credential is checked again through the authenticator (one
+  whoami shared by every socket and request with that credential). One timer per socket, no
+  polling. Kratos unreachable at a
   re-check is retried twice (1 s, then 2 s later), then the socket is closed with 1013 (fail
   closed: a session that cannot be checked is not trusted longer than `cache.ttl`).
 """
@@ -39,8 +40,11 @@ REVOKED = (1008, "The session was revoked.")
 LAPSED = (1008, "The session ended.")
 UNCHECKED = (1013, "The session could not be checked again; try again later.")
 #: Shortest wait before a re-check: an entry that could not be cached (cache.ttl 0,
-#: Ory-Session-Cache-For 0) must not become a whoami loop.
-MIN_RECHECK = 1.0
+#: Ory-Session-Cache-For 0) must not become a whoami loop, and a short cache lifetime must not
+#: make every open socket ask Kratos every second (1024 sockets, 1024 whoami/s).
+MIN_RECHECK = 5.0
+#: Kratos unreachable at a re-check: retried RETRIES times, RETRY_DELAY, 2 * RETRY_DELAY later.
+RETRY_DELAY = 1.0
 RETRIES = 2
 
 Ending = tuple[int, str]
@@ -141,11 +145,11 @@ class WebSocketGuard:
         if watch.timer is not None:
             watch.timer.cancel()
 
-    def _arm(self, watch: SocketWatch, delay: float) -> None:
+    def _arm(self, watch: SocketWatch, delay: float, floor: float = MIN_RECHECK) -> None:
         if watch.timer is not None:
             watch.timer.cancel()
         loop = asyncio.get_running_loop()
-        watch.timer = loop.call_later(max(delay, MIN_RECHECK), self._lapse, watch)
+        watch.timer = loop.call_later(max(delay, floor), self._lapse, watch)
 
     def _lapse(self, watch: SocketWatch) -> None:
         watch.timer = None
@@ -170,7 +174,7 @@ class WebSocketGuard:
             self._end(watch, LAPSED)
         elif watch.attempts < RETRIES:
             watch.attempts += 1
-            self._arm(watch, MIN_RECHECK * watch.attempts)
+            self._arm(watch, RETRY_DELAY * watch.attempts, floor=0)
         else:
             self._end(watch, UNCHECKED)
 

@@ -8,6 +8,7 @@ gate's own relay routes, as an Ory SDK would send them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import Any
 
@@ -183,12 +184,29 @@ async def test_a_session_revoked_elsewhere_closes_its_socket_when_the_entry_laps
         await asyncio.wait_for(kept.recv(), 5)
         before = stack.fake.count(*WHOAMI)
         stack.fake.revoke_session(alice.id)
-        assert await closed_with(ws, 4) == (1008, "The session ended.")
-        # bob's socket is re-checked once a TTL (bounded timers, not a loop), and stays open
+        # re-checked when the entry lapses, but not before MIN_RECHECK (5 s)
+        assert await closed_with(ws, 9) == (1008, "The session ended.")
+        # bob's socket was re-checked once (bounded timers, not a loop), and stays open
         await asyncio.sleep(2.5)
         await still_open(kept)
-        assert 2 <= stack.fake.count(*WHOAMI) - before <= 6
+        assert 2 <= stack.fake.count(*WHOAMI) - before <= 3
     assert await until(lambda: stack.gate.websockets.open_sockets == 0, 5)
+
+
+async def test_a_short_cache_lifetime_does_not_make_sockets_poll_kratos(make_stack) -> None:
+    # cache.ttl 1: one whoami per socket every second would be 1024/s for 1024 sockets
+    stack = make_stack(cache={"ttl": 1})
+    sockets = [stack.fake.login(f"user{i}@example.com") for i in range(3)]
+    async with contextlib.AsyncExitStack() as opened:
+        for session in sockets:
+            ws = await opened.enter_async_context(
+                connect(stack, {"X-Session-Token": session.token})
+            )
+            await asyncio.wait_for(ws.recv(), 5)
+        before = stack.fake.count(*WHOAMI)
+        await asyncio.sleep(3.5)
+        assert stack.fake.count(*WHOAMI) == before  # the first re-checks come after 5 s
+        await still_open(ws)
 
 
 async def test_a_socket_whose_session_cannot_be_checked_again_is_closed(make_stack) -> None:
@@ -197,7 +215,7 @@ async def test_a_socket_whose_session_cannot_be_checked_again_is_closed(make_sta
     async with connect(stack, {"X-Session-Token": alice.token}) as ws:
         await asyncio.wait_for(ws.recv(), 5)
         stack.kratos.stop()  # Kratos unreachable: two retries, then fail closed
-        code, reason = await closed_with(ws, 10)
+        code, reason = await closed_with(ws, 15)  # re-check after 5 s, retries 1 s and 2 s later
     assert code == 1013, reason
     assert "try again later" in reason
 
