@@ -195,15 +195,7 @@ class SessionsRelay:
         """Cookie-authenticated state changes need our own or an allowed CORS Origin."""
         if credential is None or credential.kind != "cookie":
             return True
-        headers = scope["headers"]
-        origin = dict(headers).get(b"origin")
-        if origin is None:
-            return True
-        text = origin.decode("latin-1")
-        gate_origin = self.gatekeeper.decider.origin(scope.get("scheme", "http"), headers)
-        if gate_origin is not None and text == gate_origin:
-            return True
-        return self.is_allowed_origin(text)
+        return self.gatekeeper.decider.is_same_or_allowed_origin(scope, self.is_allowed_origin)
 
     # -- I/O --------------------------------------------------------------------------------
     async def _read_body(self, receive: Receive) -> bytes | int | object | None:

@@ -97,6 +97,55 @@ async def test_a_cookie_handshake_from_the_gate_or_an_allowed_origin_passes(make
     assert len(stack.app.requests) == 3
 
 
+@pytest.mark.parametrize("foreign_first", [True, False])
+async def test_a_cookie_handshake_with_several_origins_is_refused(
+    stack: Stack, foreign_first: bool
+) -> None:
+    """A browser sends one Origin: several are foreign, whichever comes first.
+
+    uvicorn's server answers such a handshake 400 itself and granian passes it on, so the
+    handshake goes to the gate's ASGI app directly, as granian would hand it over.
+    """
+    alice = stack.fake.login("alice@example.com")
+    origins = [b"http://evil.example", stack.url.encode()]
+    host = stack.url.removeprefix("http://").encode()
+    headers = [(b"host", host), (b"cookie", stack.fake.cookie_header(alice).encode())]
+    headers += [(b"origin", o) for o in (origins if foreign_first else origins[::-1])]
+    scope = {
+        "type": "websocket",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "scheme": "ws",
+        "path": "/ws",
+        "raw_path": b"/ws",
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", stack.gate_server.port),
+        "subprotocols": [],
+    }
+    sent: list[dict[str, Any]] = []
+    connect_sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal connect_sent
+        if not connect_sent:
+            connect_sent = True
+            return {"type": "websocket.connect"}
+        await asyncio.sleep(5)
+        return {"type": "websocket.disconnect", "code": 1000}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    whoami = stack.fake.count(*WHOAMI)
+    await asyncio.wait_for(stack.gate(scope, receive, send), 10)
+    assert sent == [{"type": "websocket.close", "code": 1008}]  # the server answers 403
+    assert stack.fake.count(*WHOAMI) == whoami
+    assert stack.app.requests == []
+
+
 async def test_a_token_handshake_is_not_checked_for_origin(stack: Stack) -> None:
     # a page cannot put a token on a WebSocket handshake: a token means a non-browser client
     alice = stack.fake.login("alice@example.com")

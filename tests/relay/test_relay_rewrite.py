@@ -318,6 +318,23 @@ async def test_cookie_delete_from_foreign_origin_is_refused(
     assert stack.fake.count("DELETE", "/sessions") == 0
 
 
+@pytest.mark.parametrize("foreign_first", [True, False])
+async def test_cookie_delete_with_several_origins_is_refused(
+    make_relay: MakeRelay, foreign_first: bool
+) -> None:
+    """Several Origin headers are foreign, whichever comes first: a browser sends one."""
+    stack = make_relay()
+    current = stack.fake.login("alice@example.com")
+    other = stack.fake.login("alice@example.com")
+    origins = [EVIL, stack.server.url] if foreign_first else [stack.server.url, EVIL]
+    headers = [("Cookie", stack.fake.cookie_header(current))] + [("Origin", o) for o in origins]
+    async with stack.client() as client:
+        assert_herodot(await client.delete(f"/sessions/{other.id}", headers=headers), 403)
+        assert_herodot(await client.delete("/sessions", headers=headers), 403)
+    assert stack.fake.is_session_active(other.id)
+    assert stack.fake.count("DELETE", f"/sessions/{other.id}") == 0
+
+
 async def _delete_both(stack: Any, headers: dict[str, str], other: Any) -> None:
     async with stack.client() as client:
         one = await client.delete(f"/sessions/{other.id}", headers=headers)
