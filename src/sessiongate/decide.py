@@ -7,6 +7,8 @@ parameters or dot segments, or whose Unicode NFKC form differs from itself (the 
 solidus U+FF0F and full stop U+FF0E become `/` and `.` in an app that normalises), is never
 public: a trick that could make the app see a different path than the gate can only ever
 cost a login. Requests with no Host header or several are refused (`has_one_host`).
+The cross-origin rule of the relay's state changes and of WebSocket handshakes is here too
+(`is_same_or_allowed_origin`), so that both read the same Origin the same way.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import posixpath
 import re
 import unicodedata
+from collections.abc import Callable
 
 from sessiongate.config import Settings, origin_of, path_globs_pattern
 
@@ -23,6 +26,7 @@ _TRICKY = re.compile(rb"%2e|%2f|%5c|%25|\\|;|/\.\.?(/|$)|//", re.IGNORECASE)
 # In the decoded path: a `%` left over (`%%32%65`, `%u002e`: decoded again, a dot), NUL and
 # controls (C servers stop at NUL), U+FFFD (invalid UTF-8 such as the overlong dot %c0%ae).
 _TRICKY_DECODED = re.compile(r"[%\\\x00-\x1f\x7f\ufffd]")
+_HTTP_SCHEME = {"ws": "http", "wss": "https"}  # a WebSocket's origin is its HTTP origin
 _HOST = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$")
 
 
@@ -103,6 +107,24 @@ class Decider:
                         return None
                 return None
         return None
+
+    def is_same_or_allowed_origin(self, scope: dict, is_allowed: Callable[[str], bool]) -> bool:
+        """The request's Origin is the gate's own or an allowed CORS origin (`is_allowed`).
+
+        No Origin passes (not a browser). Several Origin headers are foreign: a browser sends
+        one, and which copy a check would read (first, last) must not decide.
+        """
+        headers = scope["headers"]
+        origins = [value for name, value in headers if name == b"origin"]
+        if not origins:
+            return True
+        if len(origins) > 1:
+            return False
+        text = origins[0].decode("latin-1")
+        scheme = scope.get("scheme", "http")
+        if text == self.origin(_HTTP_SCHEME.get(scheme, scheme), headers):
+            return True
+        return is_allowed(text)
 
     def original_url(self, scope: dict, origin: str) -> str:
         raw_path = scope.get("raw_path") or scope["path"].encode()

@@ -31,13 +31,13 @@ from sessiongate.herodot import error_bytes
 from sessiongate.kratos import KratosClient
 from sessiongate.relay_admission import AdminAdmission
 from sessiongate.relay_handlers import RelayHandlers
-from sessiongate.relay_rewrite import UrlRewriter, rewrite_cookie_domain
+from sessiongate.relay_rewrite import UrlRewriter
 from sessiongate.relay_routes import Matched, RouteTable, canonical_id, reencode_query
 from sessiongate.relay_upstream import Answer, Call, KratosRelay
 from sessiongate.responses import send_error
 from sessiongate.uuids import InvalidUUID
 
-__all__ = ["MAX_BODY", "SessionsRelay", "rewrite_cookie_domain"]
+__all__ = ["MAX_BODY", "SessionsRelay"]
 
 log = logging.getLogger("sessiongate.relay")
 
@@ -77,15 +77,6 @@ class SessionsRelay:
             self.cache,
             self.rewriter,
         )
-        # kept for callers and tests that use them on the relay
-        self.rewrite_url = self.rewriter.rewrite_url
-        self.rewrite_link = self.rewriter.rewrite_link
-        self.gate_base = self.rewriter.gate_base
-        self.kratos_origins = self.rewriter.kratos_origins
-
-    def kratos_path(self, path: str) -> str | None:
-        """The Kratos path this gate path relays to, or None when it is not a relay route."""
-        return self.table.kratos_path(path)
 
     def matches(self, path: str) -> bool:
         return self.table.kratos_path(path) is not None
@@ -195,15 +186,7 @@ class SessionsRelay:
         """Cookie-authenticated state changes need our own or an allowed CORS Origin."""
         if credential is None or credential.kind != "cookie":
             return True
-        headers = scope["headers"]
-        origin = dict(headers).get(b"origin")
-        if origin is None:
-            return True
-        text = origin.decode("latin-1")
-        gate_origin = self.gatekeeper.decider.origin(scope.get("scheme", "http"), headers)
-        if gate_origin is not None and text == gate_origin:
-            return True
-        return self.is_allowed_origin(text)
+        return self.gatekeeper.decider.is_same_or_allowed_origin(scope, self.is_allowed_origin)
 
     # -- I/O --------------------------------------------------------------------------------
     async def _read_body(self, receive: Receive) -> bytes | int | object | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 
 import httpx
 
@@ -79,10 +80,7 @@ class RelayHandlers:
         return answer
 
     async def revoke_one(self, call: Call) -> Answer:
-        answer = await self.upstream.send(call, admin=False)
-        if answer.ok and call.target_id not in (None, "whoami"):
-            self.cache.evict_session(call.target_id)
-        return answer
+        return await self._evicting(call, self.cache.evict_session, admin=False)
 
     async def revoke_others(self, call: Call) -> Answer:
         current = await self.caller_session(call.credential)
@@ -118,25 +116,28 @@ class RelayHandlers:
         return answer
 
     async def admin_disable(self, call: Call) -> Answer:
-        answer = await self.upstream.send(call, admin=True)
-        if answer.ok and call.target_id is not None:
-            self.cache.evict_session(call.target_id)
-        return answer
+        return await self._evicting(call, self.cache.evict_session)
 
     async def admin_extend(self, call: Call) -> Answer:
-        answer = await self.upstream.send(call, admin=True)
-        if answer.ok and call.target_id is not None:
-            self.cache.forget_session(call.target_id)
-            # An extend can bring an expired session back; the gate cannot tell which
-            # credentials (remembered as 401s) belong to it, and 401s are cheap to recompute.
-            self.cache.forget_negative()
-        return answer
+        return await self._evicting(call, self._forget_extended)
 
     async def admin_delete_identity(self, call: Call) -> Answer:
-        answer = await self.upstream.send(call, admin=True)
-        if answer.ok and call.target_id is not None:
-            self.cache.evict_identity(call.target_id)
+        return await self._evicting(call, self.cache.evict_identity)
+
+    async def _evicting(
+        self, call: Call, evict: Callable[[str], object], *, admin: bool = True
+    ) -> Answer:
+        """Kratos' answer; on a 2xx, `evict(target id)` first, before the client hears back."""
+        answer = await self.upstream.send(call, admin=admin)
+        if answer.ok and call.target_id not in (None, "whoami"):
+            evict(call.target_id)
         return answer
+
+    def _forget_extended(self, session_id: str) -> None:
+        self.cache.forget_session(session_id)
+        # An extend can bring an expired session back; the gate cannot tell which
+        # credentials (remembered as 401s) belong to it, and 401s are cheap to recompute.
+        self.cache.forget_negative()
 
     async def caller_session(self, credential: Credential | None) -> CachedSession | None:
         if credential is None:

@@ -32,7 +32,6 @@ from sessiongate.authenticate import Authenticator
 from sessiongate.cache import CachedSession, SessionCache
 from sessiongate.credentials import CookieMatcher, Credential, MalformedCredential, find_credential
 from sessiongate.decide import Decider
-from sessiongate.proxy import http_scheme
 
 log = logging.getLogger("sessiongate.websocket")
 
@@ -86,17 +85,10 @@ class WebSocketGuard:
     # -- the handshake ----------------------------------------------------------------------
     def refuses_origin(self, scope: Scope) -> bool:
         """A browser handshake from a foreign Origin that would be authenticated by cookie."""
-        headers = scope["headers"]
-        origin = next((v for n, v in headers if n == b"origin"), None)
-        if origin is None:
-            return False
-        text = origin.decode("latin-1")
-        if text == self.decider.origin(http_scheme(scope), headers):
-            return False
-        if self.is_allowed_origin(text):
+        if self.decider.is_same_or_allowed_origin(scope, self.is_allowed_origin):
             return False
         try:
-            credential = find_credential(headers, self.cookie_matcher)
+            credential = find_credential(scope["headers"], self.cookie_matcher)
         except MalformedCredential:
             return False  # the gatekeeper refuses it anyway
         return credential is not None and credential.kind == "cookie"

@@ -467,3 +467,24 @@ def test_origin_unit_public_url_and_no_host() -> None:
     d = Decider(Settings.model_validate({"public_url": "https://Gate.Example.com:443/"}))
     assert d.origin("http", [(b"host", b"evil.com")]) == "https://gate.example.com"
     assert _decider([]).origin("http", []) is None
+
+
+@pytest.mark.parametrize(
+    ("scheme", "origins", "same"),
+    [
+        ("http", [], True),  # not a browser
+        ("http", [b"http://gate.example"], True),
+        ("ws", [b"http://gate.example"], True),  # a WebSocket's origin is its HTTP origin
+        ("wss", [b"http://gate.example"], False),  # another scheme
+        ("https", [b"https://app.example"], True),  # allowed CORS origin
+        ("http", [b"http://evil.example"], False),
+        ("http", [b"http://gate.example", b"http://evil.example"], False),
+        ("http", [b"http://evil.example", b"http://gate.example"], False),
+        ("http", [b"http://gate.example", b"http://gate.example"], False),  # several: foreign
+    ],
+)
+def test_is_same_or_allowed_origin_unit(scheme: str, origins: list[bytes], same: bool) -> None:
+    headers = [(b"host", b"gate.example"), *((b"origin", o) for o in origins)]
+    scope = {"scheme": scheme, "headers": headers}
+    allowed = {"https://app.example"}.__contains__
+    assert _decider([]).is_same_or_allowed_origin(scope, allowed) is same

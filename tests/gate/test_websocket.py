@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -98,6 +100,55 @@ async def test_a_cookie_handshake_from_the_gate_or_an_allowed_origin_passes(make
     assert len(stack.app.requests) == 3
 
 
+@pytest.mark.parametrize("foreign_first", [True, False])
+async def test_a_cookie_handshake_with_several_origins_is_refused(
+    stack: Stack, foreign_first: bool
+) -> None:
+    """A browser sends one Origin: several are foreign, whichever comes first.
+
+    uvicorn's server answers such a handshake 400 itself and granian passes it on, so the
+    handshake goes to the gate's ASGI app directly, as granian would hand it over.
+    """
+    alice = stack.fake.login("alice@example.com")
+    origins = [b"http://evil.example", stack.url.encode()]
+    host = stack.url.removeprefix("http://").encode()
+    headers = [(b"host", host), (b"cookie", stack.fake.cookie_header(alice).encode())]
+    headers += [(b"origin", o) for o in (origins if foreign_first else origins[::-1])]
+    scope = {
+        "type": "websocket",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "scheme": "ws",
+        "path": "/ws",
+        "raw_path": b"/ws",
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", stack.gate_server.port),
+        "subprotocols": [],
+    }
+    sent: list[dict[str, Any]] = []
+    connect_sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal connect_sent
+        if not connect_sent:
+            connect_sent = True
+            return {"type": "websocket.connect"}
+        await asyncio.sleep(5)
+        return {"type": "websocket.disconnect", "code": 1000}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    whoami = stack.fake.count(*WHOAMI)
+    await asyncio.wait_for(stack.gate(scope, receive, send), 10)
+    assert sent == [{"type": "websocket.close", "code": 1008}]  # the server answers 403
+    assert stack.fake.count(*WHOAMI) == whoami
+    assert stack.app.requests == []
+
+
 async def test_a_token_handshake_is_not_checked_for_origin(stack: Stack) -> None:
     # a page cannot put a token on a WebSocket handshake: a token means a non-browser client
     alice = stack.fake.login("alice@example.com")
@@ -123,51 +174,58 @@ async def test_a_token_beside_a_cookie_from_a_foreign_origin_is_checked_by_the_w
 
 
 # -- item 8: sockets end with their session --------------------------------------------------
-async def test_revoking_the_session_through_the_gate_closes_its_socket(stack: Stack) -> None:
-    alice = stack.fake.login("alice@example.com")
-    other = stack.fake.login("alice@example.com")  # alice on a second device
+@asynccontextmanager
+async def two_sockets(
+    stack: Stack, ended: Any, kept: Any
+) -> AsyncIterator[tuple[ClientConnection, ClientConnection]]:
+    """Open sockets for the sessions `ended` and `kept`, each past its greeting."""
     async with (
-        connect(stack, {"X-Session-Token": alice.token}) as ws,
-        connect(stack, {"X-Session-Token": other.token}) as kept,
+        connect(stack, {"X-Session-Token": ended.token}) as ws,
+        connect(stack, {"X-Session-Token": kept.token}) as other,
     ):
         await asyncio.wait_for(ws.recv(), 5)
-        await asyncio.wait_for(kept.recv(), 5)
-        async with stack.client() as c:
-            r = await c.delete(f"/sessions/{alice.id}", headers={"X-Session-Token": other.token})
-        assert r.status_code == 204, r.text
-        assert await closed_with(ws, 5) == (1008, "The session was revoked.")
-        await still_open(kept)
+        await asyncio.wait_for(other.recv(), 5)
+        yield ws, other
 
 
-async def test_revoking_the_other_sessions_closes_their_sockets_only(stack: Stack) -> None:
+async def revoke_one_through_the_gate(stack: Stack, ended: Any, kept: Any) -> None:
+    async with stack.client() as c:
+        r = await c.delete(f"/sessions/{ended.id}", headers={"X-Session-Token": kept.token})
+    assert r.status_code == 204, r.text
+
+
+async def revoke_the_others_through_the_gate(stack: Stack, ended: Any, kept: Any) -> None:
+    async with stack.client() as c:
+        r = await c.delete("/sessions", headers={"X-Session-Token": kept.token})
+    assert r.status_code == 200, r.text
+
+
+async def revoke_in_kratos_and_clear_the_cache(stack: Stack, ended: Any, kept: Any) -> None:
+    stack.fake.revoke_session(ended.id)  # in Kratos, behind the gate's back
+    stack.gate.cache.clear()  # "some sessions were revoked": from another thread, too
+
+
+@pytest.mark.parametrize(
+    ("kept_email", "revoke", "reason"),
+    [
+        # alice on a second device revokes the first device's session
+        ("alice@example.com", revoke_one_through_the_gate, "The session was revoked."),
+        # alice's current session revokes her other ones: their sockets only
+        ("alice@example.com", revoke_the_others_through_the_gate, "The session was revoked."),
+        # clearing the cache re-checks every socket: bob's stays
+        ("bob@example.com", revoke_in_kratos_and_clear_the_cache, "The session ended."),
+    ],
+    ids=["revoke-one", "revoke-others", "clear-cache"],
+)
+async def test_an_ended_session_closes_its_socket_only(
+    stack: Stack, kept_email: str, revoke: Any, reason: str
+) -> None:
     alice = stack.fake.login("alice@example.com")
-    current = stack.fake.login("alice@example.com")
-    async with (
-        connect(stack, {"X-Session-Token": alice.token}) as ws,
-        connect(stack, {"X-Session-Token": current.token}) as kept,
-    ):
-        await asyncio.wait_for(ws.recv(), 5)
-        await asyncio.wait_for(kept.recv(), 5)
-        async with stack.client() as c:
-            r = await c.delete("/sessions", headers={"X-Session-Token": current.token})
-        assert r.status_code == 200, r.text
-        assert await closed_with(ws, 5) == (1008, "The session was revoked.")
-        await still_open(kept)
-
-
-async def test_clearing_the_cache_rechecks_every_socket(stack: Stack) -> None:
-    alice = stack.fake.login("alice@example.com")
-    bob = stack.fake.login("bob@example.com")
-    async with (
-        connect(stack, {"X-Session-Token": alice.token}) as ws,
-        connect(stack, {"X-Session-Token": bob.token}) as kept,
-    ):
-        await asyncio.wait_for(ws.recv(), 5)
-        await asyncio.wait_for(kept.recv(), 5)
-        stack.fake.revoke_session(alice.id)  # in Kratos, behind the gate's back
-        stack.gate.cache.clear()  # "some sessions were revoked": from another thread, too
-        assert await closed_with(ws, 5) == (1008, "The session ended.")
-        await still_open(kept)
+    kept = stack.fake.login(kept_email)
+    async with two_sockets(stack, alice, kept) as (ws, other):
+        await revoke(stack, alice, kept)
+        assert await closed_with(ws, 5) == (1008, reason)
+        await still_open(other)
 
 
 async def test_a_session_revoked_elsewhere_closes_its_socket_when_the_entry_lapses(
@@ -176,12 +234,7 @@ async def test_a_session_revoked_elsewhere_closes_its_socket_when_the_entry_laps
     stack = make_stack(cache={"ttl": 1})
     alice = stack.fake.login("alice@example.com")
     bob = stack.fake.login("bob@example.com")
-    async with (
-        connect(stack, {"X-Session-Token": alice.token}) as ws,
-        connect(stack, {"X-Session-Token": bob.token}) as kept,
-    ):
-        await asyncio.wait_for(ws.recv(), 5)
-        await asyncio.wait_for(kept.recv(), 5)
+    async with two_sockets(stack, alice, bob) as (ws, kept):
         before = stack.fake.count(*WHOAMI)
         stack.fake.revoke_session(alice.id)
         # re-checked when the entry lapses, but not before MIN_RECHECK (5 s)

@@ -23,13 +23,15 @@ from starlette.middleware.gzip import GZipMiddleware
 
 from sessiongate.config import Settings
 from sessiongate.gate import Gate
-from sessiongate.relay import MAX_BODY, rewrite_cookie_domain
+from sessiongate.relay import MAX_BODY
+from sessiongate.relay_rewrite import UrlRewriter, rewrite_cookie_domain
 from sessiongate.testing import KratosFake, UvicornThread
 
 MakeRelay = Callable[..., Any]  # tests/relay/conftest.py's make_relay → RelayStack
 ADMIN_KEY = "gate-admin-key-0123456789"  # what make_relay puts in SESSIONGATE_ADMIN_KEYS
 EVIL = "https://evil.example"
 APP_ORIGIN = "https://app.example"
+GATE_ORIGIN = "<the gate's own origin>"  # stands for stack.server.url in parameters
 
 
 def links(header: str) -> dict[str, str]:
@@ -52,14 +54,17 @@ def assert_herodot(response: httpx.Response, status: int) -> dict[str, Any]:
     return error
 
 
-# -- unit: rewrite_url / rewrite_link ---------------------------------------------------------
-def _relay(prefix: str = "", public: str = "http://kratos-public", admin: str | None = None):  # type: ignore[no-untyped-def]
+# -- unit: UrlRewriter.rewrite_url / rewrite_link -----------------------------------------------
+def _rewriter(
+    prefix: str = "", public: str = "http://kratos-public", admin: str | None = None
+) -> UrlRewriter:
+    """The URL rewriter the gate's relay uses with these settings."""
     ory: dict[str, Any] = {"public_url": public}
     if admin:
         ory["admin_url"] = admin
     gate = Gate(Settings.model_validate({"ory": ory, "sessions_api": {"prefix": prefix}}))
     assert gate.relay is not None
-    return gate.relay
+    return gate.relay.rewriter
 
 
 SCOPE = {"type": "http", "scheme": "http", "headers": [(b"host", b"gate.example:8080")]}
@@ -68,27 +73,27 @@ GATE = "http://gate.example:8080"
 
 @pytest.mark.parametrize("prefix", ["", "/auth"])
 def test_rewrite_link_relative_and_absolute(prefix: str) -> None:
-    relay = _relay(prefix, admin="http://kratos-admin:4434")
+    rewriter = _rewriter(prefix, admin="http://kratos-admin:4434")
     base = GATE + prefix
     relative = (
         "</sessions?page=1&page_size=2&page_token=eyJvZmZzZXQiOiIyIiwidiI6Mn0&per_page=2>; "
         'rel="next",</sessions?page=2&page_size=2&page_token=eyJvZmZzZXQiOiI0IiwidiI6Mn0'
         '&per_page=2>; rel="last"'
     )
-    assert relay.rewrite_link(relative, SCOPE) == (
+    assert rewriter.rewrite_link(relative, SCOPE) == (
         f"<{base}/sessions?page=1&page_size=2&page_token=eyJvZmZzZXQiOiIyIiwidiI6Mn0"
         f'&per_page=2>; rel="next",<{base}/sessions?page=2&page_size=2'
         f'&page_token=eyJvZmZzZXQiOiI0IiwidiI6Mn0&per_page=2>; rel="last"'
     )
     absolute = '<http://kratos-public/sessions?page=0&page_size=1>; rel="first"'
-    assert relay.rewrite_link(absolute, SCOPE) == (
+    assert rewriter.rewrite_link(absolute, SCOPE) == (
         f'<{base}/sessions?page=0&page_size=1>; rel="first"'
     )
     admin = (
         '</admin/sessions?page_size=1&page_token=Zmlyc3Q>; rel="first",'
         '<http://kratos-admin:4434/admin/sessions?page_size=1&page_token=bmV4dA>; rel="next"'
     )
-    assert relay.rewrite_link(admin, SCOPE) == (
+    assert rewriter.rewrite_link(admin, SCOPE) == (
         f'<{base}/admin/sessions?page_size=1&page_token=Zmlyc3Q>; rel="first",'
         f'<{base}/admin/sessions?page_size=1&page_token=bmV4dA>; rel="next"'
     )
@@ -106,9 +111,9 @@ def test_rewrite_link_relative_and_absolute(prefix: str) -> None:
     ],
 )
 def test_rewrite_leaves_foreign_urls_alone(url: str) -> None:
-    relay = _relay()
-    assert relay.rewrite_url(url, SCOPE) == url
-    assert relay.rewrite_link(f'<{url}>; rel="next"', SCOPE) == f'<{url}>; rel="next"'
+    rewriter = _rewriter()
+    assert rewriter.rewrite_url(url, SCOPE) == url
+    assert rewriter.rewrite_link(f'<{url}>; rel="next"', SCOPE) == f'<{url}>; rel="next"'
 
 
 @pytest.mark.parametrize(
@@ -127,14 +132,14 @@ def test_rewrite_leaves_foreign_urls_alone(url: str) -> None:
 )
 @pytest.mark.parametrize("prefix", ["", "/auth"])
 def test_rewrite_url_kratos_origins(url: str, expected: str, prefix: str) -> None:
-    relay = _relay(prefix, admin="http://kratos-admin:4434")
-    assert relay.rewrite_url(url, SCOPE) == GATE + prefix + expected
+    rewriter = _rewriter(prefix, admin="http://kratos-admin:4434")
+    assert rewriter.rewrite_url(url, SCOPE) == GATE + prefix + expected
 
 
 def test_rewrite_url_strips_kratos_base_path_and_uses_public_url() -> None:
     """Kratos mounted under a path: that path is Kratos', not the gate's."""
-    relay = _relay("/auth", public="https://id.example/kratos")
-    assert relay.rewrite_url("https://id.example/kratos/sessions?page=1", SCOPE) == (
+    rewriter = _rewriter("/auth", public="https://id.example/kratos")
+    assert rewriter.rewrite_url("https://id.example/kratos/sessions?page=1", SCOPE) == (
         GATE + "/auth/sessions?page=1"
     )
     # A configured public_url wins over the Host header.
@@ -144,7 +149,7 @@ def test_rewrite_url_strips_kratos_base_path_and_uses_public_url() -> None:
         )
     )
     assert gate.relay is not None
-    assert gate.relay.rewrite_url("http://kratos-public/sessions", SCOPE) == (
+    assert gate.relay.rewriter.rewrite_url("http://kratos-public/sessions", SCOPE) == (
         "https://gate.example/sessions"
     )
 
@@ -296,14 +301,27 @@ async def test_without_cookie_domain_set_cookie_is_untouched(make_relay: MakeRel
 
 
 # -- CSRF: Origin on cookie-authenticated state changes --------------------------------------
-@pytest.mark.parametrize("origin", [EVIL, "null", "http://127.0.0.1:1", APP_ORIGIN])
+@pytest.mark.parametrize(
+    "origins",
+    [
+        [EVIL],
+        ["null"],
+        ["http://127.0.0.1:1"],
+        [APP_ORIGIN],
+        # a browser sends one Origin: several are foreign, whichever comes first
+        [EVIL, GATE_ORIGIN],
+        [GATE_ORIGIN, EVIL],
+    ],
+)
 async def test_cookie_delete_from_foreign_origin_is_refused(
-    make_relay: MakeRelay, origin: str
+    make_relay: MakeRelay, origins: list[str]
 ) -> None:
     stack = make_relay()
     current = stack.fake.login("alice@example.com")
     other = stack.fake.login("alice@example.com")
-    headers = {"Cookie": stack.fake.cookie_header(current), "Origin": origin}
+    headers = [("Cookie", stack.fake.cookie_header(current))] + [
+        ("Origin", stack.server.url if o == GATE_ORIGIN else o) for o in origins
+    ]
     async with stack.client() as client:
         one = await client.delete(f"/sessions/{other.id}", headers=headers)
         assert_herodot(one, 403)

@@ -11,7 +11,7 @@ tests/gate and tests/relay:
   `UpstreamProxy.response_headers`): no CR/LF/NUL in anything sent on, no spelling of an
   identity header survives, the app sees exactly the gate's identity and forwarding headers;
 * `safe_return_to`: None, or a URL on the gate's own or an allowed origin (and stable);
-* the relay's `rewrite_link`/`rewrite_url`: only Kratos' URLs move, and only onto the gate.
+* relay_rewrite's `rewrite_link`/`rewrite_url`: only Kratos' URLs move, and only onto the gate.
 
 Runs are reproducible (`derandomize=True`, no example database) and small (300 examples).
 """
@@ -41,11 +41,12 @@ from sessiongate.credentials import (
     find_credential,
     iter_cookies,
 )
+from sessiongate.decide import Decider
 from sessiongate.gate import Gate
 from sessiongate.identity_headers import KEEP_MEMO, IdentityHeaders, canonical, header_value
 from sessiongate.proxy import HOP_BY_HOP, UpstreamProxy
 from sessiongate.redirects import safe_return_to
-from sessiongate.relay import SessionsRelay
+from sessiongate.relay_rewrite import UrlRewriter
 
 RawHeaders = list[tuple[bytes, bytes]]
 
@@ -765,18 +766,17 @@ KRATOS_PUBLIC = "http://kratos-public"
 KRATOS_ADMIN = "http://kratos-admin:4434"
 
 
+#: The gate's origin from the Host header (no public_url), as the relay gives it to its rewriter.
+DECIDER = Decider(Settings.model_validate({}))
+
+
 @cache
-def relay(prefix: str) -> SessionsRelay:
-    gate = Gate(
-        Settings.model_validate(
-            {
-                "ory": {"public_url": KRATOS_PUBLIC, "admin_url": KRATOS_ADMIN + "/base"},
-                "sessions_api": {"prefix": prefix},
-            }
-        )
+def rewriter(prefix: str) -> UrlRewriter:
+    return UrlRewriter(
+        prefix,
+        [KRATOS_PUBLIC, KRATOS_ADMIN + "/base"],
+        lambda scope: DECIDER.origin(scope["scheme"], scope["headers"]),
     )
-    assert gate.relay is not None
-    return gate.relay
 
 
 link_origins = st.sampled_from(
@@ -820,7 +820,7 @@ hosts = st.sampled_from(
 
 
 def _gate_base(host: bytes, prefix: str) -> str:
-    origin = relay(prefix).gatekeeper.decider.origin("http", [(b"host", host)])
+    origin = DECIDER.origin("http", [(b"host", host)])
     return (origin or "") + prefix
 
 
@@ -840,7 +840,7 @@ def _on_the_gate(url: str, base: str) -> bool:
     hosts,
 )
 def test_link_rewriting_moves_only_kratos_urls_and_only_onto_the_gate(parts, prefix, host):
-    r = relay(prefix)
+    r = rewriter(prefix)
     base = _gate_base(host, prefix)
     scope = {"type": "http", "scheme": "http", "headers": [(b"host", host)]}
     value = ",".join(f"<{url}>{rel}" for url, rel in parts)
@@ -866,7 +866,7 @@ def test_link_rewriting_moves_only_kratos_urls_and_only_onto_the_gate(parts, pre
 @PROPS
 @given(link_urls, hosts)
 def test_rewrite_url_never_raises_and_never_points_at_a_foreign_origin(url: str, host: bytes):
-    r = relay("")
+    r = rewriter("")
     base = _gate_base(host, "")
     scope = {"type": "http", "scheme": "http", "headers": [(b"host", host)]}
     out = r.rewrite_url(url, scope)
@@ -892,6 +892,6 @@ def test_rewrite_never_moves_a_kratos_url_off_the_gate(kratos: str, host: bytes,
     gate = Gate(settings)
     assert gate.relay is not None
     scope = {"type": "http", "scheme": "https", "headers": [(b"host", host)] if host else []}
-    out = gate.relay.rewrite_url(KRATOS_PUBLIC + url, scope)
+    out = gate.relay.rewriter.rewrite_url(KRATOS_PUBLIC + url, scope)
     base = "https://gate.example.com" if host else ""
     assert out == KRATOS_PUBLIC + url or _on_the_gate(out, base), out
