@@ -15,7 +15,9 @@ What the proxy guarantees:
   from what the app sees (unless configured otherwise);
 * several `Set-Cookie` headers stay several (raw header lists, never a dict);
 * upstream connect error → 502, timeout → 504; a client that goes away cancels the upstream
-  request; WebSocket upgrades are relayed both ways after the gate admitted the handshake.
+  request; WebSocket upgrades are relayed both ways after the gate admitted the handshake;
+* a client that takes no response data for `upstream.timeout` is dropped, and a response
+  streaming past `upstream.pool_timeout` (or SSE) leaves the pool (`_Watch`, upstream_limits).
 """
 
 from __future__ import annotations
