@@ -66,6 +66,17 @@ class EchoApp:
                 sent += len(part)
             await send({"type": "http.response.body", "body": b""})
             return
+        if path.startswith("/sse/"):
+            # /sse/<n>: server-sent events, one every 0.1 s, n of them
+            head = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+            await send({"type": "http.response.start", "status": 200, "headers": head})
+            for i in range(int(path.rsplit("/", 1)[1])):
+                await send(
+                    {"type": "http.response.body", "body": b"data: %d\n\n" % i, "more_body": True}
+                )
+                await asyncio.sleep(0.1)
+            await send({"type": "http.response.body", "body": b""})
+            return
         if path.startswith("/slow/"):
             await asyncio.sleep(float(path.rsplit("/", 1)[1]))
         body = json.dumps(record).encode()

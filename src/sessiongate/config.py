@@ -203,6 +203,8 @@ class Upstream(_Section):
     max_connections_per_client: int = Field(default=64, ge=1, le=100_000)
     max_streaming_uploads: int = Field(default=64, ge=1, le=100_000)
     max_websockets: int = Field(default=1024, ge=1, le=100_000)
+    # responses streaming past pool_timeout, and SSE: their own budget, apart from the pool
+    max_long_responses: int = Field(default=1024, ge=1, le=100_000)
     body_timeout: Duration = 300.0  # a request body's whole transfer, then 408
     buffer_request_body: int = Field(default=65_536, ge=0, le=64 * 1024 * 1024)  # bytes
     # the Ory session cookie, X-Session-Token and an `Authorization: Bearer` (README, Security)

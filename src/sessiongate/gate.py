@@ -86,6 +86,7 @@ class Gate:
             max_connections_per_client=settings.upstream.max_connections_per_client,
             max_streaming_uploads=settings.upstream.max_streaming_uploads,
             max_websockets=settings.upstream.max_websockets,
+            max_long_responses=settings.upstream.max_long_responses,
             body_timeout=settings.upstream.body_timeout,
             buffer_request_body=settings.upstream.buffer_request_body,
         )

@@ -15,14 +15,15 @@ What the proxy guarantees:
   from what the app sees (unless configured otherwise);
 * several `Set-Cookie` headers stay several (raw header lists, never a dict);
 * upstream connect error → 502, timeout → 504; a client that goes away cancels the upstream
-  request; WebSocket upgrades are relayed both ways after the gate admitted the handshake.
+  request; WebSocket upgrades are relayed both ways after the gate admitted the handshake;
+* a client that takes no response data for `upstream.timeout` is dropped, and a response
+  streaming past `upstream.pool_timeout` (or SSE) leaves the pool (`_Watch`, upstream_limits).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 from collections.abc import AsyncIterator, Callable
 
@@ -30,6 +31,7 @@ import aiohttp
 from starlette.types import Message, Receive, Scope, Send
 from yarl import URL
 
+from sessiongate.client_address import TrustedProxies
 from sessiongate.responses import send_error
 from sessiongate.upstream_limits import RETRY_AFTER, UpstreamLimits
 
@@ -113,16 +115,43 @@ class ClientStalled(Exception):
     upstream.body_timeout in all."""
 
 
-class _DisconnectWatch:
-    """Cancels the forwarding task when the client goes away, so the upstream request is
-    abandoned with it. The watcher task starts only once the exchange outlives WATCH_AFTER."""
+class _Watch:
+    """Watches an exchange once it outlives WATCH_AFTER (a timer, then a task and a timer):
 
-    __slots__ = ("gone", "handle", "receive", "task", "watcher")
+    * the client going away cancels the forwarding task, so the upstream request is abandoned
+      with it (`gone`);
+    * a response chunk the client does not take within `upstream.timeout` cancels it too
+      (`stalled`): a client that does not read holds no connection for longer;
+    * a response still streaming after `upstream.pool_timeout` moves from the connection pool
+      to the long-response budget (`long`), so SSE and slow downloads leave the pool to others.
+    """
 
-    def __init__(self, task: asyncio.Task[object], receive: Receive) -> None:
+    __slots__ = (
+        "gone",
+        "handle",
+        "idle",
+        "limits",
+        "long",
+        "long_after",
+        "receive",
+        "responding",
+        "sending",
+        "stalled",
+        "task",
+        "watcher",
+    )
+
+    def __init__(
+        self, task: asyncio.Task[object], receive: Receive, limits: UpstreamLimits, idle: float
+    ) -> None:
         self.task = task
         self.receive = receive
-        self.gone = False
+        self.limits = limits
+        self.idle = idle
+        self.long_after = limits.pool_timeout
+        self.gone = self.stalled = self.long = False
+        self.responding: float | None = None  # loop time the response started
+        self.sending: float | None = None  # loop time the pending send started
         self.handle: asyncio.TimerHandle | None = None
         self.watcher: asyncio.Task[None] | None = None
 
@@ -132,6 +161,7 @@ class _DisconnectWatch:
     def _start(self) -> None:
         self.handle = None
         self.watcher = asyncio.get_running_loop().create_task(self._watch())
+        self._tick()
 
     async def _watch(self) -> None:
         while True:
@@ -140,6 +170,27 @@ class _DisconnectWatch:
                 self.gone = True
                 self.task.cancel()
                 return
+
+    def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        sending = self.sending
+        if sending is not None and now - sending >= self.idle:
+            self.handle = None
+            self.stalled = True
+            self.task.cancel()
+            return
+        due = (sending if sending is not None else now) + self.idle
+        if not self.long:
+            if self.responding is not None and now >= self.responding + self.long_after:
+                self.move_to_long()
+            if not self.long:  # not streaming long yet (or no room): look again then
+                due = min(due, now + self.long_after)
+        self.handle = loop.call_at(due, self._tick)
+
+    def move_to_long(self) -> None:
+        if not self.long:
+            self.long = self.limits.to_long()
 
     def stop(self) -> None:
         if self.handle is not None:
@@ -197,17 +248,20 @@ class UpstreamProxy:
         max_connections_per_client: int = 64,
         max_streaming_uploads: int = 64,
         max_websockets: int = 1024,
+        max_long_responses: int = 1024,
         body_timeout: float = 300.0,
         buffer_request_body: int = 64 * 1024,
     ) -> None:
         self.base = url.rstrip("/")
+        self.trusted = TrustedProxies(trusted_proxies)
         self.limits = UpstreamLimits(
             max_connections=max_connections,
             max_per_client=max_connections_per_client,
             max_streaming_uploads=max_streaming_uploads,
             max_websockets=max_websockets,
+            max_long_responses=max_long_responses,
             pool_timeout=pool_timeout,
-            trusted_proxies=trusted_proxies,
+            trusted_proxies=self.trusted,
         )
         self.body_timeout = body_timeout
         # bodies up to this size are read whole before an upstream connection is taken
@@ -224,7 +278,6 @@ class UpstreamProxy:
         self.host_header = URL(self.base).raw_authority
         self.timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_read=timeout)
         self.max_connections = max_connections
-        self.trusted = tuple(ipaddress.ip_network(c, strict=False) for c in trusted_proxies or [])
         self.strip_cookie = strip_cookie
         # With CORS applied to everything the gate's policy replaces the app's headers.
         self.strip_cors_headers = strip_cors_headers
@@ -237,7 +290,7 @@ class UpstreamProxy:
             # WebSockets, so aiohttp's own limit is only a backstop: no request waits in its
             # pool (where the wait would count against connect_timeout).
             connector = aiohttp.TCPConnector(
-                limit=self.max_connections + self.limits.websockets.size,
+                limit=self.max_connections + self.limits.websockets.size + self.limits.long.size,
                 limit_per_host=0,
                 ttl_dns_cache=60,
                 enable_cleanup_closed=True,
@@ -258,22 +311,14 @@ class UpstreamProxy:
             self._session = None
 
     # -- headers ----------------------------------------------------------------------------
-    def _trusted_peer(self, scope: Scope) -> bool:
-        client = scope.get("client")
-        if not self.trusted or not client:
-            return False
-        try:
-            peer = ipaddress.ip_address(client[0])
-        except ValueError:
-            return False
-        return any(peer in net for net in self.trusted)
-
-    def upstream_headers(self, scope: Scope, headers: RawHeaders) -> list[tuple[str, str]]:
-        """The headers the app receives. One pass; a list, since aiohttp copies it anyway."""
+    def upstream_headers(
+        self, scope: Scope, headers: RawHeaders, trusted: bool | None = None
+    ) -> list[tuple[str, str]]:
+        """The headers the app receives. One pass; a list, since aiohttp copies it anyway.
+        `trusted`: whether the peer is a trusted proxy, when the caller knows already."""
         out: list[tuple[str, str]] = []
         named: list[bytes] = []  # what `Connection` names: hop-by-hop for this request only
         special = self.special
-        trusted: bool | None = None
         xff = proto = fhost = host = ""
         for name, value in headers:
             if name not in special:
@@ -306,7 +351,7 @@ class UpstreamProxy:
                 continue  # every one of them, the one the gate used and any duplicate
             elif name in _TRUSTED_ONLY:
                 if trusted is None:
-                    trusted = self._trusted_peer(scope)
+                    trusted = self.trusted.peer_is_trusted(scope)
                 if not trusted:
                     continue
                 text = value.decode("latin-1")
@@ -380,8 +425,9 @@ class UpstreamProxy:
         do not."""
         answer = send if error_send is None else error_send
         limits = self.limits
-        client = limits.client_key(scope)
-        if not limits.enter(client) and not await limits.enter_waiting(client):
+        trusted = self.trusted.peer_is_trusted(scope)  # once per request: False when none set
+        client = limits.client_key(scope, trusted)
+        if not limits.enter(client) and not await limits.enter_waiting(client, scope):
             await send_error(
                 answer,
                 429,
@@ -391,15 +437,22 @@ class UpstreamProxy:
             )
             return
         try:
-            await self._forward(scope, receive, send, answer, headers)
+            await self._forward(scope, receive, send, answer, headers, client, trusted)
         finally:
             limits.leave(client)
 
     async def _forward(
-        self, scope: Scope, receive: Receive, send: Send, answer: Send, headers: RawHeaders
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        answer: Send,
+        headers: RawHeaders,
+        client: str,
+        trusted: bool,
     ) -> None:
         method = scope["method"]
-        upstream_headers = self.upstream_headers(scope, headers)
+        upstream_headers = self.upstream_headers(scope, headers, trusted)
         idle = self.timeout.sock_read
         deadline: float | None = None
         if _has_body(headers):
@@ -431,9 +484,18 @@ class UpstreamProxy:
                 return
             first = message.get("body", b"")
             more = message.get("more_body", False)
+        limits = self.limits
+        if more and not limits.take_upload_share(client):
+            await send_error(
+                answer,
+                429,
+                reason="Too many uploads from this client are in progress.",
+                headers=[RETRY_AFTER],
+            )
+            return
         task = asyncio.current_task()
         assert task is not None
-        watch = _DisconnectWatch(task, receive)
+        watch = _Watch(task, receive, limits, idle)
         body: bytes | AsyncIterator[bytes] | None
         if more:
             # receive() has one reader: the body's until its last chunk, then the watcher's
@@ -441,7 +503,6 @@ class UpstreamProxy:
         else:
             body = first or None
             watch.arm()  # a client leaving while its request waits for a slot cancels it too
-        limits = self.limits
         admitted = False
         started = False
         try:
@@ -482,10 +543,27 @@ class UpstreamProxy:
                 if method == "HEAD":
                     await send({"type": "http.response.body", "body": b""})
                     return
+                loop = asyncio.get_running_loop()
+                watch.responding = loop.time()
+                if resp.content_type == "text/event-stream":
+                    watch.move_to_long()  # SSE: long-lived by design
+                # `sending` lets the watch drop a client that takes no chunk for `idle`
                 async for chunk in resp.content.iter_chunked(CHUNK):
+                    watch.sending = loop.time()
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    watch.sending = None
+                watch.sending = loop.time()
                 await send({"type": "http.response.body", "body": b""})
         except asyncio.CancelledError:
+            if watch.stalled:
+                task.uncancel()
+                limits.warn(
+                    "stalled",
+                    "client %s took no response data for %gs (upstream.timeout): dropped",
+                    client,
+                    idle,
+                )
+                return  # the server closes the connection: the response was not completed
             if watch.gone:
                 task.uncancel()
                 return  # the client left: the upstream request was abandoned with it
@@ -521,7 +599,9 @@ class UpstreamProxy:
         finally:
             watch.stop()
             if admitted:
-                limits.release(more)
+                limits.release(more, watch.long)
+            if more:
+                limits.give_upload_share(client)
 
     @staticmethod
     async def _stream_body(

@@ -13,22 +13,31 @@ every connection and all other requests queue behind them. The budgets here keep
   one (beyond: 503 with `Retry-After`, logged as a full pool, not as an unreachable app);
 * request bodies streamed to the app (larger than the proxy's buffer) hold at most
   `max_streaming_uploads` of those slots, so ordinary requests always find some;
+* one client streams at most a quarter of those uploads (at least one; beyond: 429), so one
+  address cannot take them all;
+* a response still streaming after `pool_timeout`, or a `text/event-stream` one (SSE,
+  long-polls), moves from the pool to its own budget, `max_long_responses` (when that is full
+  it stays in the pool); the proxy also drops a client that takes no chunk for
+  `upstream.timeout`, so a client that does not read holds nothing for long;
 * WebSockets have their own budget, `max_websockets` (gate.py takes a slot around the relay).
 
-Counters and a queue of futures only: no task, one dict lookup per request.
+The client's key is its address (IPv6: its /64), from `client_address.py`.
+
+Counters and queues of futures (made only when a request waits) only: no task, a dict lookup
+or two per request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import time
 from collections import deque
 
 from starlette.types import Scope, Send
 
+from sessiongate.client_address import TrustedProxies, client_key
 from sessiongate.herodot import error_bytes, error_headers
 
 log = logging.getLogger("sessiongate.proxy")
@@ -103,72 +112,131 @@ class UpstreamLimits:
         max_per_client: int = 64,
         max_streaming_uploads: int = 64,
         max_websockets: int = 1024,
+        max_long_responses: int = 1024,
         pool_timeout: float = 2.0,
-        trusted_proxies: list[str] | None = None,
+        trusted_proxies: TrustedProxies | list[str] | None = None,
     ) -> None:
         self.pool = Slots(max_connections)
         self.uploads = Slots(min(max_streaming_uploads, max_connections))
+        # one client may stream at most a quarter of the uploads (at least one)
+        self.upload_share = max(1, self.uploads.size // 4)
+        self.uploads_by_client: dict[str, int] = {}
         self.websockets = Slots(max_websockets)
+        self.long = Slots(max_long_responses)
         self.max_per_client = max_per_client
         self.pool_timeout = pool_timeout
-        self.trusted = tuple(ipaddress.ip_network(c, strict=False) for c in trusted_proxies or [])
-        self.by_client: dict[str, Slots] = {}
+        self.trusted = (
+            trusted_proxies
+            if isinstance(trusted_proxies, TrustedProxies)
+            else TrustedProxies(trusted_proxies)
+        )
+        # exchanges open per client key; a queue only for a client with a request waiting
+        self.by_client: dict[str, int] = {}
+        self.waiting: dict[str, deque[asyncio.Future[None]]] = {}
         self._warned: dict[str, float] = {}
+        self._told_untrusted_balancer = False
 
     # -- who is the client --------------------------------------------------------------------
-    def _is_trusted(self, address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address.strip())
-        except ValueError:
-            return False
-        return any(ip in net for net in self.trusted)
-
-    def client_key(self, scope: Scope) -> str:
-        client = scope.get("client")
-        peer: str = client[0] if client else ""
-        if not self.trusted or not self._is_trusted(peer):
-            return peer
-        # the rightmost address no trusted proxy claims: what the balancer saw connect
-        hops = [
-            hop.strip()
-            for name, value in scope["headers"]
-            if name == b"x-forwarded-for"
-            for hop in value.decode("latin-1").split(",")
-        ]
-        for hop in reversed(hops):
-            if hop and not self._is_trusted(hop):
-                return hop
-        return hops[0] if hops and hops[0] else peer
+    def client_key(self, scope: Scope, peer_trusted: bool | None = None) -> str:
+        """The key of the client's budget (IPv6 clients by their /64)."""
+        if peer_trusted is None:
+            peer_trusted = self.trusted.peer_is_trusted(scope)
+        return client_key(self.trusted.client_address(scope, peer_trusted))
 
     # -- per client -----------------------------------------------------------------------------
     def enter(self, key: str) -> bool:
-        """One of the client's slots without waiting (the hot path)."""
-        slots = self.by_client.get(key)
-        if slots is None:
-            slots = self.by_client[key] = Slots(self.max_per_client)
-        return slots.try_take()
+        """One of the client's slots without waiting (the hot path: a dict lookup)."""
+        n = self.by_client.get(key, 0)
+        if n < self.max_per_client:
+            self.by_client[key] = n + 1
+            return True
+        return False
 
-    async def enter_waiting(self, key: str) -> bool:
+    async def enter_waiting(self, key: str, scope: Scope | None = None) -> bool:
         """One of the client's slots once one of its own exchanges ends, within
         `pool_timeout`; False (and a log line) if none did. Call after `enter` failed."""
-        slots = self.by_client[key]
-        deadline = asyncio.get_running_loop().time() + self.pool_timeout
-        got = False
+        if scope is not None:
+            self._check_balancer(scope)
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        queue = self.waiting.get(key)
+        if queue is None:
+            queue = self.waiting[key] = deque()
+        queue.append(waiter)
         try:
-            got = await slots.take_by(deadline)
-        finally:
-            if not got and slots.free == slots.size and self.by_client.get(key) is slots:
-                del self.by_client[key]  # its exchanges all ended as this one gave up
-        if got:
-            return True
-        self.warn("client", "client %s has %d exchanges with the app open: 429", key, slots.size)
+            async with asyncio.timeout(self.pool_timeout):
+                await waiter
+            return True  # `leave` handed us its slot: the count did not change
+        except BaseException as exc:
+            if waiter.done() and not waiter.cancelled():
+                self.leave(key)  # handed a slot just as we gave up: pass it on
+            else:
+                waiter.cancel()
+                with contextlib.suppress(ValueError):
+                    queue.remove(waiter)
+                if not queue and self.waiting.get(key) is queue:
+                    del self.waiting[key]
+            if not isinstance(exc, TimeoutError):
+                raise
+        self.warn(
+            "client", "client %s has %d exchanges with the app open: 429", key, self.max_per_client
+        )
         return False
 
     def leave(self, key: str) -> None:
-        slots = self.by_client[key]
-        slots.give()
-        if slots.free == slots.size:
+        queue = self.waiting.get(key)
+        while queue:
+            waiter = queue.popleft()
+            if not waiter.done():
+                if not queue:
+                    del self.waiting[key]
+                waiter.set_result(None)  # the slot goes straight to the client's oldest waiter
+                return
+        if queue is not None:
+            del self.waiting[key]
+        n = self.by_client[key] - 1
+        if n:
+            self.by_client[key] = n
+        else:
             del self.by_client[key]
+
+    def _check_balancer(self, scope: Scope) -> None:
+        """Once: a client at its cap whose requests carry X-Forwarded-For from a peer that
+        is not a trusted proxy is most likely a load balancer everyone shares."""
+        if self._told_untrusted_balancer or self.trusted.peer_is_trusted(scope):
+            return
+        if any(name == b"x-forwarded-for" for name, _ in scope["headers"]):
+            self._told_untrusted_balancer = True
+            client = scope.get("client")
+            log.warning(
+                "upstream: client %s reached upstream.max_connections_per_client (%d) and sends "
+                "X-Forwarded-For: if it is a load balancer or proxy, list it in "
+                "forwarded.trusted_proxies, else every client behind it shares one cap",
+                client[0] if client else "?",
+                self.max_per_client,
+            )
+
+    # -- streamed uploads per client ------------------------------------------------------------
+    def take_upload_share(self, key: str) -> bool:
+        """One of the client's share of the streamed-upload budget (no waiting)."""
+        n = self.uploads_by_client.get(key, 0)
+        if n >= self.upload_share:
+            self.warn(
+                "upload-share",
+                "client %s streams %d uploads (a quarter of upstream.max_streaming_uploads): 429",
+                key,
+                n,
+            )
+            return False
+        self.uploads_by_client[key] = n + 1
+        return True
+
+    def give_upload_share(self, key: str) -> None:
+        n = self.uploads_by_client[key] - 1
+        if n:
+            self.uploads_by_client[key] = n
+        else:
+            del self.uploads_by_client[key]
 
     # -- HTTP slots -----------------------------------------------------------------------------
     def try_acquire(self, streaming: bool) -> bool:
@@ -211,10 +279,26 @@ class UpstreamLimits:
             )
         return got
 
-    def release(self, streaming: bool) -> None:
-        self.pool.give()
+    def release(self, streaming: bool, long: bool = False) -> None:
+        (self.long if long else self.pool).give()
         if streaming:
             self.uploads.give()
+
+    # -- long responses -------------------------------------------------------------------------
+    def to_long(self) -> bool:
+        """Move a long-running response from the pool to the long-response budget: True if it
+        moved (its pool connection is free for others), False if that budget is full (the
+        response keeps its pool connection)."""
+        if not self.long.try_take():
+            self.warn(
+                "long",
+                "upstream: %d long responses streaming (upstream.max_long_responses): "
+                "this one stays in the connection pool",
+                self.long.size,
+            )
+            return False
+        self.pool.give()
+        return True
 
     # -- WebSockets -----------------------------------------------------------------------------
     async def admit_websocket(self, scope: Scope, send: Send) -> str | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -33,9 +34,12 @@ def client_at(address: str, **headers: str) -> dict[str, str]:
 
 
 def limited(make_stack: Callable[..., Stack], **upstream: Any) -> Stack:
-    # /slow/<s>: the echo app answers after s seconds; public, so no session is needed
+    # /slow/<s>: the echo app answers after s seconds, /big/<n>: n bytes, /sse/<n>: n events;
+    # public, so no session is needed
     return make_stack(
-        **TRUSTED, upstream=upstream, access={"public_paths": ["/public/**", "/slow/**"]}
+        **TRUSTED,
+        upstream=upstream,
+        access={"public_paths": ["/public/**", "/slow/**", "/big/**", "/sse/**"]},
     )
 
 
@@ -182,6 +186,102 @@ async def test_as_many_slow_clients_as_the_pool_holds_leave_others_served(make_s
     assert not any(r["path"] in ("/public/small", "/public/large") for r in stack.app.requests)
 
 
+class SlowReader:
+    """A raw connection that asks for a large response and never reads it."""
+
+    def __init__(self, port: int, address: str, size: int = 256 << 20) -> None:
+        self.port, self.address, self.size = port, address, size
+        self.sock: socket.socket | None = None
+
+    def start(self) -> SlowReader:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills after a few KiB
+        sock.connect(("127.0.0.1", self.port))
+        sock.sendall(
+            f"GET /big/{self.size} HTTP/1.1\r\nHost: gate.test\r\n"
+            f"X-Forwarded-For: {self.address}\r\n\r\n".encode()
+        )
+        self.sock = sock
+        return self
+
+    def dropped(self) -> bool:
+        """The gate closed the connection: what is buffered drains to an end of stream."""
+        assert self.sock is not None
+        self.sock.settimeout(0.5)
+        try:
+            for _ in range(100_000):  # bounded: a few MiB of buffers at most
+                if not self.sock.recv(65536):
+                    return True
+        except (TimeoutError, ConnectionError):
+            return False
+        return False
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+
+
+async def test_as_many_slow_readers_as_the_pool_holds_leave_others_served(make_stack):
+    """Pool of 4: four clients ask for a large response and never read it (a slow reader,
+    or an SSE stream held open). Once a response has streamed for pool_timeout it moves to the
+    long-response budget, so ordinary requests from a fifth client are served. Before, the
+    four held the pool until the whole body was sent (never) and everyone else got 503."""
+    stack = limited(make_stack, max_connections=4, pool_timeout=0.5, timeout=30)
+    readers = [SlowReader(stack.gate_server.port, f"198.51.100.{i}").start() for i in range(4)]
+    limits = stack.gate.proxy.limits
+    try:
+        assert await until(lambda: len(stack.app.requests) == 4, 3)
+        await asyncio.sleep(0.5 + 0.5)  # streamed for longer than pool_timeout
+        answers = await ordinary_requests(stack)
+        assert [status for status, _ in answers] == [200] * len(answers), answers
+        assert max(seconds for _, seconds in answers) < 0.5, answers
+        assert limits.pool.in_use == 0
+        assert limits.long.in_use == 4  # the four still stream, outside the pool
+    finally:
+        for reader in readers:
+            reader.close()
+    assert await until(lambda: limits.long.in_use == 0 and limits.by_client == {}, 3)
+
+
+async def test_a_client_that_stops_reading_is_dropped_after_the_timeout(make_stack, proxy_log):
+    # upstream.timeout is also the longest a response chunk waits for the client to take it
+    stack = limited(make_stack, max_connections=2, pool_timeout=0.5, timeout=1)
+    limits = stack.gate.proxy.limits
+    reader = SlowReader(stack.gate_server.port, "198.51.100.20").start()
+    try:
+        assert await until(lambda: limits.by_client != {}, 2)
+        started = time.monotonic()
+        assert await until(lambda: limits.by_client == {}, 1 + 3 * MARGIN)
+        assert time.monotonic() - started < 1 + 3 * MARGIN
+        assert await asyncio.to_thread(reader.dropped)
+    finally:
+        reader.close()
+    assert limits.pool.in_use == 0
+    assert limits.long.in_use == 0
+    assert sum("took no response data" in m for m in proxy_log) == 1, proxy_log
+
+
+async def test_sse_streams_take_the_long_budget_not_the_pool(make_stack):
+    stack = limited(make_stack, max_connections=2, max_long_responses=2, pool_timeout=0.5)
+    limits = stack.gate.proxy.limits
+    async with stack.client() as c:
+
+        async def listen(i: int) -> list[str]:
+            headers = client_at(f"198.51.100.{30 + i}")
+            async with c.stream("GET", "/sse/20", headers=headers) as r:
+                assert r.headers["content-type"] == "text/event-stream"
+                return [line async for line in r.aiter_lines() if line]
+
+        streams = [asyncio.ensure_future(listen(i)) for i in range(2)]
+        assert await until(lambda: limits.long.in_use == 2, 2)
+        assert limits.pool.in_use == 0
+        answers = await ordinary_requests(stack, 4)
+        events = await asyncio.gather(*streams)
+    assert [status for status, _ in answers] == [200] * 4, answers
+    assert events == [[f"data: {i}" for i in range(20)]] * 2
+    assert await until(lambda: limits.long.in_use == 0 and limits.pool.in_use == 0, 3)
+
+
 async def test_a_full_pool_is_a_503_with_retry_after_and_its_own_log_line(make_stack, proxy_log):
     stack = limited(make_stack, max_connections=2, pool_timeout=0.5, connect_timeout=3)
     async with stack.client() as c:
@@ -272,6 +372,42 @@ def test_the_client_is_the_peer_unless_the_peer_is_a_trusted_proxy() -> None:
     assert behind.client_key(scope("10.0.0.2")) == "10.0.0.2"
 
 
+async def test_a_capped_client_sending_forwarded_headers_untrusted_is_warned_once(
+    make_stack, proxy_log
+):
+    # a load balancer not in forwarded.trusted_proxies: every request is one client
+    stack = make_stack(
+        upstream={"max_connections_per_client": 1, "pool_timeout": 0.3},
+        access={"public_paths": ["/public/**", "/slow/**"]},
+    )
+    behind = {"X-Forwarded-For": "203.0.113.7"}
+    async with stack.client() as c:
+        busy = asyncio.ensure_future(c.get("/slow/1.5", headers=behind))
+        assert await until(lambda: len(stack.app.requests) == 1, 2)
+        refused = [(await c.get(f"/public/{i}", headers=behind)).status_code for i in range(2)]
+        assert (await busy).status_code == 200
+    assert refused == [429, 429]
+    told = [m for m in proxy_log if "forwarded.trusted_proxies" in m]
+    assert len(told) == 1, proxy_log
+
+
+def test_ipv6_clients_are_keyed_by_their_64() -> None:
+    def scope(peer: str, *xff: bytes) -> dict[str, Any]:
+        return {"client": (peer, 1), "headers": [(b"x-forwarded-for", v) for v in xff]}
+
+    limits = UpstreamLimits(trusted_proxies=["10.0.0.0/8"])
+    one = limits.client_key(scope("2001:db8:1:2::1"))
+    assert one == limits.client_key(scope("2001:db8:1:2:ffff:1:2:3")) == "2001:db8:1:2::/64"
+    assert one != limits.client_key(scope("2001:db8:1:3::1"))
+    assert limits.client_key(scope("10.0.0.2", b"2001:db8:1:2::99")) == one
+    assert limits.client_key(scope("::ffff:198.51.100.1")) == "198.51.100.1"
+    assert limits.client_key(scope("198.51.100.1")) == "198.51.100.1"
+    # 64 "clients" from one /64 share one cap
+    assert [limits.enter(limits.client_key(scope(f"2001:db8:1:2::{i:x}"))) for i in range(65)] == [
+        True
+    ] * 64 + [False]
+
+
 # -- request bodies ---------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("length", "sent"), [(100, 1), (4 << 20, 256 << 10)], ids=["buffered", "streamed"]
@@ -289,6 +425,29 @@ async def test_a_body_slower_than_body_timeout_is_a_408(make_stack, length, sent
     assert status == 408
     assert 0.9 <= time.monotonic() - started < 1 + MARGIN
     assert not any(r["path"] == "/public/up" for r in stack.app.requests)
+
+
+async def test_one_client_gets_at_most_a_quarter_of_the_streamed_uploads(make_stack):
+    # max_streaming_uploads 4: one address streams one upload at a time; another still can
+    stack = limited(make_stack, max_streaming_uploads=4, pool_timeout=0.5, timeout=5)
+    port = stack.gate_server.port
+    mine = [
+        await SlowUpload(port, "/public/up", "198.51.100.40", 4 << 20, 256 << 10).start()
+        for _ in range(2)
+    ]
+    try:
+        statuses = await asyncio.gather(*(u.status_within(MARGIN) for u in mine))
+        assert sorted(statuses, key=str) == [429, None], statuses
+        async with stack.client() as c:
+            r = await c.post(
+                "/public/other", content=b"y" * (1 << 20), headers=client_at("198.51.100.41")
+            )
+        assert r.status_code == 200, r.text
+    finally:
+        for upload in mine:
+            await upload.close()
+    limits = stack.gate.proxy.limits
+    assert await until(lambda: limits.uploads_by_client == {} and limits.by_client == {}, 3)
 
 
 async def test_a_small_body_is_buffered_before_a_connection_is_taken(make_stack):
@@ -358,3 +517,6 @@ async def test_counters_return_to_zero(make_stack):
     limits = stack.gate.proxy.limits
     assert await until(lambda: limits.pool.free == 3 and limits.by_client == {}, 3)
     assert limits.uploads.free == limits.uploads.size
+    assert limits.long.free == limits.long.size
+    assert limits.waiting == {}
+    assert limits.uploads_by_client == {}
