@@ -86,6 +86,7 @@ class Revocations:
         self._tasks: list[asyncio.Task[None]] = []
         self._client: Any = None
         self._append_failing = False
+        self._closing = False
         self._degrade()  # until the follower has a place in the stream
         cache.listeners.append(self)
 
@@ -110,11 +111,11 @@ class Revocations:
             self._wake.set()
 
     async def aclose(self) -> None:
+        self._closing = True  # a cancellation redis-py turns into a ConnectionError ends too
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=2.0)
         self._tasks = []
         if self._client is not None:
             with contextlib.suppress(Exception):
@@ -180,7 +181,7 @@ class Revocations:
     async def _publish(self) -> None:
         assert self._wake is not None
         backoff = 0.05
-        while True:
+        while not self._closing:
             if not self._pending:
                 self._wake.clear()
                 await self._wake.wait()
@@ -240,7 +241,7 @@ class Revocations:
         generation: bytes | None = None
         heard = time.monotonic()
         try:
-            while True:
+            while not self._closing:
                 try:
                     if last_id is None:
                         last_id, generation = await self._sync(client)
