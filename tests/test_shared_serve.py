@@ -148,6 +148,8 @@ def test_a_revocation_through_one_process_is_refused_by_every_other(
             assert two.ask(victim.token)[0] == 401
         assert one.ask(actor.token)[0] == 200
         assert two.ask(actor.token)[0] == 200
+    # the shared mode is on: no "each worker has its own cache" warning
+    assert "each with its own session cache" not in two.running.output()
 
 
 def test_propagation_p99(tmp_path, backends, redis_servers: RedisServers):  # noqa: F811
