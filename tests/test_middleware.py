@@ -483,7 +483,8 @@ async def test_shared_mode_evictions_reach_another_middleware_process(tmp_path):
     servers = RedisServers(tmp_path / "redis")
     try:
         redis = servers.start()
-        settings = Settings.model_validate({"shared": {"redis_url": redis.url}})
+        shared = {"redis_url": redis.url, "cache_sessions": False}  # revocations only
+        settings = Settings.model_validate({"shared": shared})
         one, two = SessionGateMiddleware(inner, settings), SessionGateMiddleware(inner, settings)
         for mw in (one, two):  # the first request starts the follower (public path: no Kratos)
             transport = httpx.ASGITransport(app=mw)

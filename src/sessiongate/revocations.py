@@ -285,7 +285,10 @@ class Revocations:
         pipe.info("replication")
         _set, generation, tail, replication = await pipe.execute()
         self._replicas = int(replication.get("connected_slaves", 0))
-        self._drop_all()
+        if self.state != "connecting":
+            # after a gap or a silence; at start-up the entries made meanwhile were capped at
+            # shared.degraded_ttl like degraded ones, so the first place needs no drop
+            self._drop_all()
         return (tail[0][0] if tail else b"0-0"), generation
 
     def _apply(self, fields: dict[bytes, bytes]) -> None:
