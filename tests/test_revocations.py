@@ -10,12 +10,15 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 
+import httpx
 import pytest
 
 from redis_servers import RedisServer, RedisServers, redis_servers  # noqa: F401
 from sessiongate.cache import CachedSession, SessionCache
-from sessiongate.config import Shared
+from sessiongate.config import Settings, Shared
+from sessiongate.gate import Gate
 from sessiongate.revocations import SILENCE, Revocations
+from sessiongate.testing import FakeKratosServer
 
 BOUND = 1.0  # the issue's bound for a healthy Redis
 
@@ -226,3 +229,39 @@ async def test_refused_auth_is_one_log_line_and_degraded(redis_servers: RedisSer
     lines = [r.getMessage() for r in caplog.records]
     assert len([x for x in lines if "cannot append" in x]) == 1, lines
     assert not any("wrong-password" in x for x in lines)
+
+
+@pytest.mark.parametrize(("consistency", "status"), [("eventual", 200), ("strict", 503)])
+async def test_ready_shows_the_shared_state(
+    redis_servers: RedisServers,  # noqa: F811
+    consistency,
+    status,
+    monkeypatch,
+):
+    """/health/ready: the follower's state in its JSON; Redis down is 503 only in strict mode."""
+    monkeypatch.setenv("SESSIONGATE_SECRET", "s" * 32)
+    server = redis_servers.start()
+    with FakeKratosServer() as kratos:
+        settings = Settings.model_validate(
+            {
+                "ory": {"public_url": kratos.public_url, "admin_url": kratos.admin_url},
+                "shared": {"redis_url": server.url, "consistency": consistency},
+            }
+        )
+        gate = Gate(settings)
+        transport = httpx.ASGITransport(app=gate)
+        try:
+            async with httpx.AsyncClient(transport=transport, base_url="http://gate") as c:
+                await c.get("/health/alive")  # starts the follower
+                await _until(lambda: gate.revocations.healthy, 5, "connected")
+                r = await c.get("/health/ready")
+                assert r.status_code == 200, r.text
+                assert r.json()["shared"] == {"redis": "connected", "consistency": consistency}
+                server.kill()
+                await _until(lambda: gate.revocations.state == "degraded", 3, "degraded")
+                await asyncio.sleep(1.1)  # /health/ready may be cached for a second
+                r = await c.get("/health/ready")
+                assert r.status_code == status, r.text
+                assert r.json()["shared"]["redis"] == "degraded"
+        finally:
+            await gate.aclose()
