@@ -217,7 +217,7 @@ async def test_refused_auth_is_one_log_line_and_degraded(redis_servers: RedisSer
     rev.start()
     try:
         await asyncio.sleep(SILENCE + 0.5)
-        assert rev.state == "connecting"  # never trusted, entries capped
+        assert rev.state == "degraded"  # never trusted, entries capped
         assert cache.ttl == 5.0
         _put(cache, b"k", "s1")
         assert cache.get(b"k") is not None  # still serving
@@ -227,6 +227,9 @@ async def test_refused_auth_is_one_log_line_and_degraded(redis_servers: RedisSer
     finally:
         await rev.aclose()
     lines = [r.getMessage() for r in caplog.records]
+    refused = [x for x in lines if "unreachable" in x]
+    assert len(refused) == 1, lines  # one clear line naming the cause
+    assert "AuthenticationError" in refused[0], refused
     assert len([x for x in lines if "cannot append" in x]) == 1, lines
     assert not any("wrong-password" in x for x in lines)
 

@@ -42,6 +42,7 @@ BLOCK_MS = 400  # XREAD BLOCK: an idle stream still answers well within SILENCE
 MAXLEN = 100_000  # approximate stream length; a follower further behind sees a gap
 MAX_PENDING = 100_000  # appends queued while Redis is unreachable; beyond, the oldest go
 READ_COUNT = 1000
+REPLICA_CHECK = 25  # every this many reads (~10 s when idle), how many replicas WAIT needs
 
 # Event kinds on the stream
 SESSION, IDENTITY, FORGET, CLEAR = "s", "i", "f", "c"
@@ -240,17 +241,23 @@ class Revocations:
         last_id: bytes | None = None
         generation: bytes | None = None
         heard = time.monotonic()
+        reads = 0
         try:
             while not self._closing:
                 try:
                     if last_id is None:
                         last_id, generation = await self._sync(client)
+                    reads += 1
                     pipe = client.pipeline(transaction=False)
                     pipe.get(self.generation_key)
                     pipe.xrange(self.stream, last_id, last_id, count=1)
                     pipe.xread({self.stream: last_id}, count=READ_COUNT, block=BLOCK_MS)
-                    current, still_there, read = await pipe.execute()
+                    if reads % REPLICA_CHECK == 0:  # a replica attached (or left) since
+                        pipe.info("replication")
+                    current, still_there, read, *replication = await pipe.execute()
                     heard = time.monotonic()
+                    if replication:
+                        self._replicas = int(replication[0].get("connected_slaves", 0))
                     if current != generation or (last_id != b"0-0" and not still_there):
                         # Redis restarted empty, was flushed, or trimmed past our place
                         log.warning(
@@ -267,8 +274,11 @@ class Revocations:
                     if self.state != "connected":
                         self._connected()
                 except _FAILURES as exc:
-                    if time.monotonic() - heard >= SILENCE or self.state != "connected":
-                        if self.state == "connected":
+                    silent = time.monotonic() - heard >= SILENCE
+                    if silent or self.state != "connected":
+                        # connected and silent for 1 s, or never connected (refused AUTH, ...):
+                        # one log line, the degraded mode
+                        if self.state != "degraded":
                             self._degrade(exc)
                         last_id = None  # prove continuity again (and drop the cache) later
                     await asyncio.sleep(0.1)
