@@ -196,3 +196,4 @@ class Gate:
     async def aclose(self) -> None:
         await self.proxy.aclose()
         await self.kratos.aclose()
+        await self.gatekeeper.aclose()
