@@ -34,8 +34,8 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from sessiongate.cache import NEGATIVE, CachedSession, SessionCache
-from sessiongate.credentials import Credential
 from sessiongate.config import SECRET_ENV, Settings, Shared, shared_secret
+from sessiongate.credentials import Credential
 from sessiongate.shared_redis import RedisError, connect, key
 from sessiongate.strict import RevocationRecords
 
@@ -239,7 +239,7 @@ class SharedSessions:
             self._failed(exc)
 
     async def _admit(self, cache_key: bytes, entry_key: str, raw: Any, pttl: Any) -> Any:
-        """A Redis entry, checked (MAC, revocation records, local tombstones), in the local cache."""
+        """A Redis entry, checked (MAC, revocation records, tombstones), put in the local cache."""
         if raw is None:
             return None
         payload = self._verified(entry_key, raw)
@@ -310,7 +310,7 @@ class SharedSessions:
                         waiter.set_result(None)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - any trouble: waiters fall back to the lock TTL
+            except Exception as exc:
                 self._failed(exc)
                 await asyncio.sleep(0.5)
             finally:
@@ -347,8 +347,9 @@ async def ask_with_epoch(ask: Ask, epoch: int) -> Any:
 
 
 # Delete the lock only if it is still ours (it may have lapsed and been taken by another).
-_UNLOCK = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
-
+_UNLOCK = (
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+)
 
 
 def attach(authenticator: Authenticator, settings: Settings) -> list[Any]:
