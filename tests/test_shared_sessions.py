@@ -146,3 +146,33 @@ async def test_a_local_hit_never_touches_redis_and_redis_down_degrades_to_own_wh
             carol = fake.login("carol@example.com")
             assert (await get(client, a, carol.token)).status_code == 200
             assert (await get(client, a, "ory_st_junk")).status_code == 401
+
+
+async def test_a_revoked_session_does_not_come_back_from_redis(
+    tmp_path,
+    backends: Backends,  # noqa: F811
+    redis_servers: RedisServers,  # noqa: F811
+):
+    fake = backends.kratos.fake
+    ident = fake.create_identity(email="alice@example.com")
+    phone, laptop = fake.create_session(ident), fake.create_session(ident)
+    server = redis_servers.start()
+    with fleet(tmp_path, backends, server, count=2) as (a, b):
+        async with httpx.AsyncClient(timeout=10) as client:
+            assert (await get(client, a, laptop.token)).status_code == 200  # now in Redis
+            revoked = await client.delete(
+                f"{a.url}/sessions/{laptop.id}", headers={"X-Session-Token": phone.token}
+            )
+            assert revoked.status_code == 204
+            # b never saw the laptop: its entry is still in Redis, but revoked since its whoami
+            assert (await get(client, b, laptop.token)).status_code == 401
+            # admin-style identity-wide revocation (revoke others) spares the caller's session
+            assert (await get(client, a, phone.token)).status_code == 200
+            tablet = fake.create_session(ident)
+            assert (await get(client, a, tablet.token)).status_code == 200
+            others = await client.delete(
+                f"{a.url}/sessions", headers={"X-Session-Token": phone.token}
+            )
+            assert others.status_code == 200
+            assert (await get(client, b, tablet.token)).status_code == 401
+            assert (await get(client, b, phone.token)).status_code == 200
