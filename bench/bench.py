@@ -484,7 +484,9 @@ def main() -> int:
             mw_port, bare_port = free_port(), free_port()
             (work / "mw_app.py").write_text(MIDDLEWARE_APP)
             env["BENCH_GATE_CONFIG"] = str(gate_config(work, ports, mw_port, backend))
-            env["PYTHONPATH"] = os.pathsep.join([str(work), str(HERE.parent)])
+            env["PYTHONPATH"] = os.pathsep.join(
+                [str(work), str(HERE.parent / "src"), str(HERE.parent)]
+            )
             servers["bare ASGI app"] = uvicorn_args("mw_app:bare", bare_port)
             servers["middleware mode"] = uvicorn_args("mw_app:gated", mw_port)
             server_ports = {
