@@ -30,7 +30,7 @@ import logging
 import os
 import struct
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from sessiongate.cache import NEGATIVE, CachedSession, SessionCache
@@ -114,6 +114,10 @@ class SharedSessions:
         self.records = records
         self.shared = shared
         self.timeout = shared.timeout
+        # writes run in the background (no client waits for them): they may take as long as a
+        # lock lives, so a busy event loop does not cost the fleet its shared entry
+        self.write_timeout = max(shared.timeout, lock_timeout)
+        self._tasks: set[asyncio.Task[None]] = set()
         self.lock_timeout = lock_timeout
         self.identity_headers = identity_headers
         self._subscriber_client = subscriber
@@ -155,7 +159,7 @@ class SharedSessions:
             found = await self._admit(cache_key, entry_key, raw, pttl)
             if found is not None:
                 if locked:
-                    await self._release(lock_key, token, digest, store=None)
+                    self._background(self._release(lock_key, token, digest, store=None))
                 return found
             epoch = int(epoch or 0)
             if locked:
@@ -200,17 +204,26 @@ class SharedSessions:
             stored, px = self._entry_for(cache_key, result, started)
             return result
         finally:
-            await self._release(lock_key, token, digest, store=(entry_key, stored, px))
+            # in the background: the client need not wait for Redis, waiters are woken by it
+            self._background(self._release(lock_key, token, digest, store=(entry_key, stored, px)))
 
     async def _store_after(self, cache_key: bytes, entry_key: str, epoch: int, ask: Ask) -> Any:
         started = time.time()
         result = await ask_with_epoch(ask, epoch)
         stored, px = self._entry_for(cache_key, result, started)
         if stored is not None:
-            with contextlib.suppress(*_FAILURES):
-                async with asyncio.timeout(self.timeout):
-                    await self.redis.set(entry_key, stored, px=px)
+            self._background(self._store(entry_key, stored, px))
         return result
+
+    async def _store(self, entry_key: str, payload: bytes, px: int) -> None:
+        with contextlib.suppress(*_FAILURES):
+            async with asyncio.timeout(self.write_timeout):
+                await self.redis.set(entry_key, self._sign(entry_key, payload), px=px)
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _entry_for(self, cache_key: bytes, result: Any, started: float) -> tuple[bytes | None, int]:
         """What to store for whoami's result: what the local cache kept, for as long."""
@@ -228,7 +241,7 @@ class SharedSessions:
     ) -> None:
         """Store the entry (if any), drop our lock, and wake the fleet's waiters: one round trip."""
         try:
-            async with asyncio.timeout(self.timeout):
+            async with asyncio.timeout(self.write_timeout):
                 pipe = self.redis.pipeline(transaction=False)
                 if store is not None and store[1] is not None and store[2] > 0:
                     pipe.set(store[0], self._sign(store[0], store[1]), px=store[2])
@@ -332,6 +345,9 @@ class SharedSessions:
             log.warning("shared session cache available again")
 
     async def aclose(self) -> None:
+        for task in list(self._tasks):  # give pending writes their deadline, then stop
+            with contextlib.suppress(BaseException):
+                await task
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(BaseException):

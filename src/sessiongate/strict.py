@@ -51,6 +51,10 @@ class RevocationRecords:
         self.epoch_key = key(shared, "epoch")
         self._confirm = redis.register_script(_CONFIRM)
         self._abort = redis.register_script(_ABORT)
+        # checks waiting for the next pipelined read (see `still_valid`)
+        self._queue: list[tuple[CachedSession, asyncio.Future[bool]]] = []
+        self._scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def _target(self, rev: Revocation) -> tuple[str, str]:
         if rev.session_id:
@@ -62,18 +66,47 @@ class RevocationRecords:
             return int(await self.redis.get(self.epoch_key) or 0)
 
     async def still_valid(self, entry: CachedSession) -> bool:
-        """No revocation of this session or identity since the entry's whoami: one round trip."""
-        async with asyncio.timeout(self.timeout):
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.get(key(self.shared, "rev", "s", entry.session_id))
-            pipe.hgetall(key(self.shared, "rev", "i", entry.identity_id))
-            session_record, identity_records = await pipe.execute()
-        if session_record is not None and _after(session_record, entry.epoch):
-            return False
-        for spared, value in identity_records.items():
-            if spared.decode() != entry.session_id and _after(value, entry.epoch):
-                return False
-        return True
+        """No revocation of this session or identity since the entry's whoami: one round trip.
+
+        Checks asked for in the same turn of the event loop share that round trip (one
+        pipeline): each is still read after it was asked for, so a revocation recorded before a
+        request arrived is always seen by it.
+        """
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._queue.append((entry, future))
+        if not self._scheduled:
+            self._scheduled = True
+            task = asyncio.get_running_loop().create_task(self._flush())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return await future
+
+    async def _flush(self) -> None:
+        batch, self._queue, self._scheduled = self._queue, [], False
+        sessions = sorted({e.session_id for e, _ in batch})
+        identities = sorted({e.identity_id for e, _ in batch})
+        try:
+            async with asyncio.timeout(self.timeout):
+                pipe = self.redis.pipeline(transaction=False)
+                for sid in sessions:
+                    pipe.get(key(self.shared, "rev", "s", sid))
+                for iid in identities:
+                    pipe.hgetall(key(self.shared, "rev", "i", iid))
+                replies = await pipe.execute()
+        except BaseException as exc:  # every waiter sees the failure (strict: 503)
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc if isinstance(exc, Exception) else TimeoutError())
+            if not isinstance(exc, Exception):
+                raise
+            return
+        by_session = dict(zip(sessions, replies[: len(sessions)], strict=True))
+        by_identity = dict(zip(identities, replies[len(sessions) :], strict=True))
+        for entry, future in batch:
+            if not future.done():
+                future.set_result(
+                    _valid(entry, by_session[entry.session_id], by_identity[entry.identity_id])
+                )
 
     async def begin(self, rev: Revocation) -> None:
         """Strict mode, before relaying: an open record refuses every cached copy at once."""
@@ -100,6 +133,15 @@ class RevocationRecords:
         target, field = self._target(rev)
         async with asyncio.timeout(self.timeout):
             await self._abort(keys=[target], args=[field])
+
+
+def _valid(entry: CachedSession, session_record: Any, identity_records: Any) -> bool:
+    if session_record is not None and _after(session_record, entry.epoch):
+        return False
+    for spared, value in identity_records.items():
+        if spared.decode() != entry.session_id and _after(value, entry.epoch):
+            return False
+    return True
 
 
 def _after(value: bytes, epoch: int) -> bool:
