@@ -30,7 +30,7 @@ import logging
 import os
 import struct
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from sessiongate.cache import NEGATIVE, CachedSession, SessionCache
@@ -51,6 +51,7 @@ _MAC_BYTES = 32
 _FAILURES = (RedisError, OSError, TimeoutError, asyncio.TimeoutError)
 #: What `validate` returns in strict mode when Redis fails (the caller answers 503).
 UNAVAILABLE = object()
+REDIS_SLOTS = 64
 
 
 def derive(secret: bytes, purpose: bytes) -> bytes:
@@ -118,6 +119,9 @@ class SharedSessions:
         # lock lives, so a busy event loop does not cost the fleet its shared entry
         self.write_timeout = max(shared.timeout, lock_timeout)
         self._tasks: set[asyncio.Task[None]] = set()
+        # at most this many Redis calls at once per process; a burst (a cold start) queues for
+        # a slot (a round trip is ~0.3 ms) instead of opening a connection per miss
+        self._slots = asyncio.Semaphore(REDIS_SLOTS)
         self.lock_timeout = lock_timeout
         self.identity_headers = identity_headers
         self._subscriber_client = subscriber
@@ -145,7 +149,7 @@ class SharedSessions:
         token = os.urandom(12).hex()
         try:
             try:
-                async with asyncio.timeout(self.timeout):
+                async with self._slot(), asyncio.timeout(self.timeout):
                     pipe = self.redis.pipeline(transaction=False)
                     pipe.get(entry_key)
                     pipe.pttl(entry_key)
@@ -168,7 +172,7 @@ class SharedSessions:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(woken), self.lock_timeout)
             try:
-                async with asyncio.timeout(self.timeout):
+                async with self._slot(), asyncio.timeout(self.timeout):
                     pipe = self.redis.pipeline(transaction=False)
                     pipe.get(entry_key)
                     pipe.pttl(entry_key)
@@ -217,8 +221,19 @@ class SharedSessions:
 
     async def _store(self, entry_key: str, payload: bytes, px: int) -> None:
         with contextlib.suppress(*_FAILURES):
-            async with asyncio.timeout(self.write_timeout):
+            async with self._slot(), asyncio.timeout(self.write_timeout):
                 await self.redis.set(entry_key, self._sign(entry_key, payload), px=px)
+
+    @contextlib.asynccontextmanager
+    async def _slot(self) -> AsyncIterator[None]:
+        """One of REDIS_SLOTS: waiting for it is a burst's queue, not Redis being slow, so it is
+        bounded apart (one lock lifetime) from the call's own `shared.timeout`."""
+        async with asyncio.timeout(self.lock_timeout):
+            await self._slots.acquire()
+        try:
+            yield
+        finally:
+            self._slots.release()
 
     def _background(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
@@ -241,7 +256,7 @@ class SharedSessions:
     ) -> None:
         """Store the entry (if any), drop our lock, and wake the fleet's waiters: one round trip."""
         try:
-            async with asyncio.timeout(self.write_timeout):
+            async with self._slot(), asyncio.timeout(self.write_timeout):
                 pipe = self.redis.pipeline(transaction=False)
                 if store is not None and store[1] is not None and store[2] > 0:
                     pipe.set(store[0], self._sign(store[0], store[1]), px=store[2])
@@ -378,7 +393,8 @@ def attach(authenticator: Authenticator, settings: Settings) -> list[Any]:
     secret = shared_secret()
     if secret is None:
         raise ValueError(f"the shared mode needs {SECRET_ENV} in the environment")
-    redis = connect(shared)
+    # no pool limit (that would fail calls): SharedSessions queues for one of REDIS_SLOTS
+    redis = connect(shared, max_connections=None)
     # longer than any entry that predates a record: a whoami's answer, then one cache lifetime
     keep = 2 * max(settings.cache.ttl, 60.0) + settings.ory.timeout
     records = RevocationRecords(redis, shared, keep=keep)
