@@ -45,6 +45,9 @@ class RelayHandlers:
         self.authenticator = authenticator
         self.cache = cache
         self.rewriter = rewriter
+        # told of an admin extend's forget_session (no cache listener hears it; the shared
+        # mode tells the other processes)
+        self.on_forget: Callable[[str], None] | None = None
 
     async def whoami(self, call: Call) -> Answer:
         """From the cache when fresh (Kratos' own bytes), else relayed and then cached."""
@@ -139,6 +142,8 @@ class RelayHandlers:
         answer = await self.upstream.send(call, admin=True)
         if answer.ok and call.target_id is not None:
             self.cache.forget_session(call.target_id)
+            if self.on_forget is not None:
+                self.on_forget(call.target_id)
             # An extend can bring an expired session back; the gate cannot tell which
             # credentials (remembered as 401s) belong to it, and 401s are cheap to recompute.
             self.cache.forget_negative()

@@ -128,6 +128,18 @@ class RevocationRecords:
                 await self._confirm(keys=[self.epoch_key, target], args=[field, self.keep_ms])
             )
 
+    def append_hook(self, pipe: Any, kind: str, ident: str, except_session: str) -> None:
+        """For `Revocations.append_hooks`: every eviction a process publishes on the stream
+        (`gate.cache.evict_*` included) gets its confirmed record in the same round trip."""
+        if kind == "s":
+            rev = Revocation(session_id=ident)
+        elif kind == "i":
+            rev = Revocation(identity_id=ident, except_session=except_session)
+        else:
+            return
+        target, field = self._target(rev)
+        pipe.eval(_CONFIRM, 2, self.epoch_key, target, field, self.keep_ms)
+
     async def abort(self, rev: Revocation) -> None:
         """Kratos refused the revocation: drop our open record (a closed one stays)."""
         target, field = self._target(rev)
