@@ -40,7 +40,8 @@ async def test_cold_start_of_1000_sessions_over_three_processes_costs_1000_whoam
         before = whoami_calls(backends)
         statuses = await get_all(gates, tokens)  # every session at every process, at once
         assert statuses.count(200) == len(statuses) == 3000
-        assert whoami_calls(backends) - before == 1000
+        logs = "".join(g.output()[-1500:] for g in gates)
+        assert whoami_calls(backends) - before == 1000, logs
         # warm now: the local caches answer, Kratos and Redis hear nothing new
         assert (await get_all(gates, tokens[:100])).count(200) == 300
         assert whoami_calls(backends) - before == 1000

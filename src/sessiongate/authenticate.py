@@ -183,7 +183,8 @@ class Authenticator:
                 )
             if entry is ANONYMOUS:
                 return ANONYMOUS
-            self.cache.put(key, entry, started=started, cache_for=_cache_for(answer))
+            entry.cache_for = _cache_for(answer)
+            self.cache.put(key, entry, started=started, cache_for=entry.cache_for)
             return entry
         if status == 401:
             self.cache.put_negative(key)

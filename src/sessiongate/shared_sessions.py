@@ -115,6 +115,7 @@ class SharedSessions:
         self.records = records
         self.shared = shared
         self.timeout = shared.timeout
+        self.ttl = cache.ttl  # as configured (the degraded mode lowers cache.ttl for a while)
         # writes run in the background (no client waits for them): they may take as long as a
         # lock lives, so a busy event loop does not cost the fleet its shared entry
         self.write_timeout = max(shared.timeout, lock_timeout)
@@ -149,7 +150,7 @@ class SharedSessions:
         token = os.urandom(12).hex()
         try:
             try:
-                async with self._slot(), asyncio.timeout(self.timeout):
+                async with self._slot(self.timeout), asyncio.timeout(self.timeout):
                     pipe = self.redis.pipeline(transaction=False)
                     pipe.get(entry_key)
                     pipe.pttl(entry_key)
@@ -159,11 +160,16 @@ class SharedSessions:
                 self._up()
             except _FAILURES as exc:
                 self._failed(exc)
-                return UNAVAILABLE if self.fail_closed else await ask()
+                if self.fail_closed:
+                    return UNAVAILABLE
+                # Redis may have taken our lock before the deadline: lead anyway (our whoami),
+                # then store and unlock in the background, so no waiter waits for the lock to lapse
+                return await self._lead(cache_key, entry_key, lock_key, token, digest, 0, ask)
             found = await self._admit(cache_key, entry_key, raw, pttl)
             if found is not None:
                 if locked:
-                    self._background(self._release(lock_key, token, digest, store=None))
+                    unlock = self._release(lock_key, token, digest, store=None)
+                    self._background(unlock, unlock=True)
                 return found
             epoch = int(epoch or 0)
             if locked:
@@ -172,7 +178,7 @@ class SharedSessions:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(woken), self.lock_timeout)
             try:
-                async with self._slot(), asyncio.timeout(self.timeout):
+                async with self._slot(self.timeout), asyncio.timeout(self.timeout):
                     pipe = self.redis.pipeline(transaction=False)
                     pipe.get(entry_key)
                     pipe.pttl(entry_key)
@@ -209,7 +215,9 @@ class SharedSessions:
             return result
         finally:
             # in the background: the client need not wait for Redis, waiters are woken by it
-            self._background(self._release(lock_key, token, digest, store=(entry_key, stored, px)))
+            self._background(
+                self._release(lock_key, token, digest, store=(entry_key, stored, px)), unlock=True
+            )
 
     async def _store_after(self, cache_key: bytes, entry_key: str, epoch: int, ask: Ask) -> Any:
         started = time.time()
@@ -221,21 +229,24 @@ class SharedSessions:
 
     async def _store(self, entry_key: str, payload: bytes, px: int) -> None:
         with contextlib.suppress(*_FAILURES):
-            async with self._slot(), asyncio.timeout(self.write_timeout):
+            async with self._slot(self.write_timeout), asyncio.timeout(self.write_timeout):
                 await self.redis.set(entry_key, self._sign(entry_key, payload), px=px)
 
     @contextlib.asynccontextmanager
-    async def _slot(self) -> AsyncIterator[None]:
+    async def _slot(self, wait: float) -> AsyncIterator[None]:
         """One of REDIS_SLOTS: waiting for it is a burst's queue, not Redis being slow, so it is
-        bounded apart (one lock lifetime) from the call's own `shared.timeout`."""
-        async with asyncio.timeout(self.lock_timeout):
+        bounded apart from the call's own deadline."""
+        async with asyncio.timeout(wait):
             await self._slots.acquire()
         try:
             yield
         finally:
             self._slots.release()
 
-    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+    def _background(self, work: Coroutine[Any, Any, None], *, unlock: bool = False) -> None:
+        if self._down and not unlock:  # Redis failing: no plain writes pile up behind it
+            work.close()
+            return
         task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -246,7 +257,12 @@ class SharedSessions:
         if isinstance(result, CachedSession):
             if result.deadline <= now or self.cache.get(cache_key) is not result:
                 return None, 0  # not cacheable (revoked meanwhile, expired, Kratos said no-cache)
-            return encode(result, started), int((result.deadline - now) * 1000)
+            # the local rule without the degraded mode's cap (revocations.py): a Redis entry is
+            # checked against the revocation records whenever it is read
+            lifetime = min(self.ttl, result.expires_at - time.time())
+            if result.cache_for is not None:
+                lifetime = min(lifetime, result.cache_for)
+            return encode(result, started), int(lifetime * 1000)
         if self.cache.get(cache_key) is NEGATIVE and self.cache.negative_ttl > 0:
             return encode(None, started), int(self.cache.negative_ttl * 1000)
         return None, 0
@@ -256,7 +272,7 @@ class SharedSessions:
     ) -> None:
         """Store the entry (if any), drop our lock, and wake the fleet's waiters: one round trip."""
         try:
-            async with self._slot(), asyncio.timeout(self.write_timeout):
+            async with self._slot(self.write_timeout), asyncio.timeout(self.write_timeout):
                 pipe = self.redis.pipeline(transaction=False)
                 if store is not None and store[1] is not None and store[2] > 0:
                     pipe.set(store[0], self._sign(store[0], store[1]), px=store[2])

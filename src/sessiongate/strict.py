@@ -6,7 +6,8 @@ Owns three kinds of keys under `shared.prefix`:
 * `<prefix>:rev:s:<session id>`: that session was revoked at epoch N (or "open": a revocation
   is being relayed to Kratos right now);
 * `<prefix>:rev:i:<identity id>`, a hash: field `*` (all its sessions) or the id of the one
-  session spared (revoke others) → epoch N or "open".
+  session spared (revoke others) → epoch N or "open";
+* `<prefix>:rev:all`: a process' whole cache was cleared (`gate.cache.clear()`) at epoch N.
 A cached entry is still valid when no record concerns it with an epoch above its own, and none is
 open: `still_valid` reads both records in one pipelined call. Records live twice `cache.ttl`
 (at least two minutes) plus `ory.timeout`, longer than any entry that predates them.
@@ -15,7 +16,9 @@ open: `still_valid` reads both records in one pipelined call. Records live twice
 writes an open record before it relays a revocation to Kratos (`begin`: no record, no relay:
 503), then the confirmed epoch after Kratos' 2xx (`confirm`) or removes it (`abort`). In
 eventual mode only `confirm` is written, so a session shared through Redis (`shared_sessions`)
-does not come back from Redis after a revocation. Every call is bounded by `shared.timeout`
+does not come back from Redis after a revocation. Every eviction published on the revocation
+stream (`revocations.py`, `gate.cache.evict_*` and `clear()` included) also writes its confirmed
+record in the same round trip (`append_hook`). Every call is bounded by `shared.timeout`
 and raises on Redis trouble: the caller decides (strict: 503, fail closed).
 """
 
@@ -49,6 +52,7 @@ class RevocationRecords:
         self.timeout = shared.timeout
         self.keep_ms = int(keep * 1000)
         self.epoch_key = key(shared, "epoch")
+        self.all_key = key(shared, "rev", "all")
         self._confirm = redis.register_script(_CONFIRM)
         self._abort = redis.register_script(_ABORT)
         # checks waiting for the next pipelined read (see `still_valid`)
@@ -88,6 +92,7 @@ class RevocationRecords:
         try:
             async with asyncio.timeout(self.timeout):
                 pipe = self.redis.pipeline(transaction=False)
+                pipe.get(self.all_key)
                 for sid in sessions:
                     pipe.get(key(self.shared, "rev", "s", sid))
                 for iid in identities:
@@ -100,12 +105,15 @@ class RevocationRecords:
             if not isinstance(exc, Exception):
                 raise
             return
+        cleared, replies = replies[0], replies[1:]
         by_session = dict(zip(sessions, replies[: len(sessions)], strict=True))
         by_identity = dict(zip(identities, replies[len(sessions) :], strict=True))
         for entry, future in batch:
             if not future.done():
+                valid = cleared is None or not _after(cleared, entry.epoch)
                 future.set_result(
-                    _valid(entry, by_session[entry.session_id], by_identity[entry.identity_id])
+                    valid
+                    and _valid(entry, by_session[entry.session_id], by_identity[entry.identity_id])
                 )
 
     async def begin(self, rev: Revocation) -> None:
@@ -135,6 +143,9 @@ class RevocationRecords:
             rev = Revocation(session_id=ident)
         elif kind == "i":
             rev = Revocation(identity_id=ident, except_session=except_session)
+        elif kind == "c":  # a cache cleared: every entry validated before it lapses
+            pipe.eval(_CONFIRM, 2, self.epoch_key, self.all_key, "", self.keep_ms)
+            return
         else:
             return
         target, field = self._target(rev)
