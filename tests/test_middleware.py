@@ -473,9 +473,10 @@ async def test_kratos_transport_runs_the_fake_in_process(serve):
         assert r.status_code == 401
 
 
-async def test_shared_mode_evictions_reach_another_middleware_process(tmp_path):
+async def test_shared_mode_evictions_reach_another_middleware_process(tmp_path, monkeypatch):
     """Middleware mode with `shared.redis_url`: the app's `cache.evict_session` in one process
     reaches another's cache through a real redis-server."""
+    monkeypatch.setenv("SESSIONGATE_SECRET", "middleware-test-secret-0123456789abcdef")
 
     async def inner(scope: Scope, receive: Receive, send: Send) -> None:
         await JSONResponse({"ok": True})(scope, receive, send)

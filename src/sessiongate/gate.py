@@ -101,6 +101,9 @@ class Gate:
             Revocations(gk.cache, settings.shared) if settings.shared.enabled else None
         )
         self._start_shared = self.revocations is not None
+        records = gk.authenticator.records  # revocation records ride on every stream append
+        if self.revocations is not None and records is not None:
+            self.revocations.append_hooks.append(records.append_hook)
         if self.relay is not None and self.revocations is not None:
             self.relay.published = self.revocations.flush
             self.relay.handlers.on_forget = self.revocations.forgot
@@ -241,6 +244,7 @@ class Gate:
             await self.revocations.aclose()
         await self.proxy.aclose()
         await self.kratos.aclose()
+        await self.gatekeeper.aclose()
 
 
 def _tagged(send: Send, tag: list[tuple[bytes, bytes]]) -> Send:

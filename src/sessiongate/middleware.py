@@ -89,6 +89,9 @@ class SessionGateMiddleware:
         shared = self.settings.shared
         self.revocations = Revocations(self.gatekeeper.cache, shared) if shared.enabled else None
         self._start_shared = self.revocations is not None
+        records = self.gatekeeper.authenticator.records  # ride on every stream append
+        if self.revocations is not None and records is not None:
+            self.revocations.append_hooks.append(records.append_hook)
 
     @property
     def cache(self):  # type: ignore[no-untyped-def]
@@ -130,6 +133,7 @@ class SessionGateMiddleware:
                 if self.revocations is not None:
                     await self.revocations.aclose()
                 await self.kratos.aclose()
+                await self.gatekeeper.aclose()
             await send(message)
 
         await self.app(scope, receive, closing_send)

@@ -12,6 +12,7 @@ delete does not) evicts nothing, and those sessions lapse with their entries (`c
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 
@@ -24,6 +25,9 @@ from sessiongate.herodot import error_bytes
 from sessiongate.kratos import KratosAnswer
 from sessiongate.relay_rewrite import UrlRewriter
 from sessiongate.relay_upstream import Answer, Call, KratosRelay
+from sessiongate.strict import Revocation
+
+log = logging.getLogger("sessiongate.relay")
 
 WHOAMI_401 = error_bytes(401, reason="No valid session credentials found in the request.")
 _NO_STORE = "private, no-cache, no-store, must-revalidate"
@@ -51,8 +55,8 @@ class RelayHandlers:
         if cred is None or call.query:  # tokenize_as and friends: always Kratos' fresh answer
             return await self.relay_public(call)
         hit = self.cache.get(cred.cache_key)
-        if isinstance(hit, CachedSession):
-            return _from_cache(hit)
+        if isinstance(hit, CachedSession) and not self.authenticator.strict:
+            return _from_cache(hit)  # (strict mode: Kratos' fresh answer, never unproven cache)
         if hit is NEGATIVE:
             headers = [
                 ("content-type", "application/json"),
@@ -83,14 +87,18 @@ class RelayHandlers:
         return answer
 
     async def revoke_one(self, call: Call) -> Answer:
-        answer = await self.upstream.send(call, admin=False)
+        target = call.target_id if call.target_id not in (None, "whoami") else None
+        answer = await self._revoking(call, target and Revocation(session_id=target))
         if answer.ok and call.target_id not in (None, "whoami"):
             self.cache.evict_session(call.target_id)
         return answer
 
     async def revoke_others(self, call: Call) -> Answer:
         current = await self.caller_session(call.credential)
-        answer = await self.upstream.send(call, admin=False)
+        rev = current and Revocation(
+            identity_id=current.identity_id, except_session=current.session_id
+        )
+        answer = await self._revoking(call, rev)
         if answer.ok and current is not None:
             self.cache.evict_identity(current.identity_id, except_session=current.session_id)
         # A caller the gate cannot resolve (see the module docstring) evicts nothing: no other
@@ -99,7 +107,8 @@ class RelayHandlers:
 
     async def logout_browser(self, call: Call) -> Answer:
         current = await self.caller_session(call.credential)
-        answer = await self.upstream.send(call, admin=False)
+        rev = current and Revocation(session_id=current.session_id)
+        answer = await self._revoking(call, rev, ok=lambda a: a.status in (204, 303))
         # 204 (JSON) or 303 (browser) is success; a 303 can also be an error page, and then
         # evicting only costs one extra whoami, while keeping a logged-out session is wrong.
         if answer.status in (204, 303) and current is not None:
@@ -116,13 +125,15 @@ class RelayHandlers:
                 target = await self.caller_session(found)
             except MalformedCredential:
                 target = None
-        answer = await self.upstream.send(call, admin=False, forward_credential=False)
+        rev = target and Revocation(session_id=target.session_id)
+        answer = await self._revoking(call, rev, forward_credential=False)
         if answer.ok and target is not None:
             self.cache.evict_session(target.session_id)
         return answer
 
     async def admin_disable(self, call: Call) -> Answer:
-        answer = await self.upstream.send(call, admin=True)
+        rev = call.target_id and Revocation(session_id=call.target_id)
+        answer = await self._revoking(call, rev, admin=True)
         if answer.ok and call.target_id is not None:
             self.cache.evict_session(call.target_id)
         return answer
@@ -139,9 +150,44 @@ class RelayHandlers:
         return answer
 
     async def admin_delete_identity(self, call: Call) -> Answer:
-        answer = await self.upstream.send(call, admin=True)
+        rev = call.target_id and Revocation(identity_id=call.target_id)
+        answer = await self._revoking(call, rev, admin=True)
         if answer.ok and call.target_id is not None:
             self.cache.evict_identity(call.target_id)
+        return answer
+
+    async def _revoking(
+        self,
+        call: Call,
+        rev: Revocation | str | None,
+        *,
+        admin: bool = False,
+        forward_credential: bool = True,
+        ok: Callable[[Answer], bool] = lambda answer: answer.ok,
+    ) -> Answer:
+        """Relay a revocation, keeping the shared mode's revocation records (strict.py): in
+        strict mode an open record first (none written: 503, nothing relayed), then the
+        confirmed epoch after Kratos' success (eventual mode: only that, best effort)."""
+        records = self.authenticator.records
+        strict = self.authenticator.strict
+        if records is not None and isinstance(rev, Revocation) and strict:
+            try:
+                await records.begin(rev)
+            except Exception as exc:
+                log.warning("strict mode: revocation record not written (%s)", type(exc).__name__)
+                return _unavailable()
+        answer = await self.upstream.send(
+            call, admin=admin, **({} if forward_credential else {"forward_credential": False})
+        )
+        if records is None or not isinstance(rev, Revocation):
+            return answer
+        try:
+            if ok(answer):
+                await records.confirm(rev)
+            elif strict:
+                await records.abort(rev)
+        except Exception as exc:
+            log.warning("revocation record not confirmed (%s)", type(exc).__name__)
         return answer
 
     async def caller_session(self, credential: Credential | None) -> CachedSession | None:
@@ -159,6 +205,12 @@ def _from_cache(entry: CachedSession) -> Answer:
         ("vary", "Cookie"),
     ]
     return Answer(200, headers, entry.body)
+
+
+def _unavailable() -> Answer:
+    body = error_bytes(503, reason="The revocation store is unreachable.")
+    headers = [("content-type", "application/json"), ("retry-after", "2")]
+    return Answer(503, headers, body)
 
 
 def _session_token(body: bytes) -> str | None:
