@@ -47,6 +47,10 @@ SERVER_CORE = "1"
 LOAD_CORE = "0"
 BOTH_CORES = "0,1"  # the two-worker row shares core 0 with wrk: a lower bound
 TWO_WORKERS = "sessiongate proxy (granian, 2 workers)"
+# the shared mode (issue 12): the same two workers with Redis behind their caches
+SHARED = "sessiongate 2 workers, shared (Redis)"
+STRICT = "sessiongate 2 workers, shared strict"
+BENCH_SECRET = "bench-secret-bench-secret-0123456789abcdef"  # noqa: S105 (loopback bench)
 
 
 # -- helpers --------------------------------------------------------------------------------
@@ -284,6 +288,7 @@ def gate_config(
     upstream: str,
     server: str = "granian",
     workers: int = 1,
+    shared: str = "",
 ) -> Path:
     path = work / f"gate_{port}.yaml"
     path.write_text(
@@ -294,6 +299,7 @@ def gate_config(
         cache: {{ttl: 300s, max_entries: 200000}}
         log_level: warning
         """)
+        + (f"shared: {{{shared}}}\n" if shared else "")
     )
     return path
 
@@ -440,10 +446,47 @@ def main() -> int:
                 "--config",
                 str(gate_config(work, ports, two_port, backend, "granian", workers=2)),
             ]
+            # the shared mode's rows: one redis-server for both (no persistence)
+            redis_port, shared_port, strict_port = free_port(), free_port(), free_port()
+            if not {SHARED, STRICT} <= skip and shutil.which("redis-server"):
+                procs.start(
+                    [
+                        *("redis-server", "--port", str(redis_port), "--bind", "127.0.0.1"),
+                        *("--save", "", "--appendonly", "no"),
+                    ],
+                    LOAD_CORE,
+                )
+                wait_port(redis_port)
+                redis_url = f'redis_url: "redis://127.0.0.1:{redis_port}/0"'
+                for name, port, mode in (
+                    (SHARED, shared_port, "eventual"),
+                    (STRICT, strict_port, "strict"),
+                ):
+                    servers[name] = [
+                        PYTHON,
+                        "-m",
+                        "sessiongate.cli",
+                        "serve",
+                        "--config",
+                        str(
+                            gate_config(
+                                work,
+                                ports,
+                                port,
+                                backend,
+                                "granian",
+                                workers=2,
+                                shared=f"{redis_url}, consistency: {mode}, prefix: {mode}",
+                            )
+                        ),
+                    ]
+            env["SESSIONGATE_SECRET"] = BENCH_SECRET
             mw_port, bare_port = free_port(), free_port()
             (work / "mw_app.py").write_text(MIDDLEWARE_APP)
             env["BENCH_GATE_CONFIG"] = str(gate_config(work, ports, mw_port, backend))
-            env["PYTHONPATH"] = os.pathsep.join([str(work), str(HERE.parent)])
+            env["PYTHONPATH"] = os.pathsep.join(
+                [str(work), str(HERE.parent / "src"), str(HERE.parent)]
+            )
             servers["bare ASGI app"] = uvicorn_args("mw_app:bare", bare_port)
             servers["middleware mode"] = uvicorn_args("mw_app:gated", mw_port)
             server_ports = {
@@ -451,6 +494,7 @@ def main() -> int:
                 "sessiongate proxy (granian)": sg_granian_port,
                 "sessiongate proxy (uvicorn)": sg_port,
                 TWO_WORKERS: two_port,
+                **({SHARED: shared_port, STRICT: strict_port} if SHARED in servers else {}),
                 "bare ASGI app": bare_port,
                 "middleware mode": mw_port,
             }
@@ -462,7 +506,7 @@ def main() -> int:
                     continue
                 proc = None
                 if name in servers:
-                    cores = BOTH_CORES if name == TWO_WORKERS else SERVER_CORE
+                    cores = BOTH_CORES if name in (TWO_WORKERS, SHARED, STRICT) else SERVER_CORE
                     proc = procs.start(servers[name], cores, env=env, cwd=str(HERE.parent))
                     wait_port(port)
                 try:
@@ -476,6 +520,17 @@ def main() -> int:
                             f"p99 {result.p99_ms:>8.2f} ms  errors {result.errors}",
                             flush=True,
                         )
+                    if name == SHARED and proc is not None:
+                        # the shared mode: one whoami per session for both workers
+                        before = whoami_calls(work)
+                        ok, total = asyncio.run(cold_start(url, args.cold, "shared"))
+                        asyncio.run(cold_start(url, args.cold, "shared"))  # same sessions again
+                        extra["cold_start_two_workers_shared"] = {
+                            "sessions": args.cold,
+                            "ok": ok,
+                            "whoami_calls_after_two_visits": whoami_calls(work) - before,
+                        }
+                        print(f"  shared: {extra['cold_start_two_workers_shared']}", flush=True)
                     if name == TWO_WORKERS and proc is not None:
                         # each worker has its own cache: a new session costs up to one whoami
                         # per worker, however its connections are spread
@@ -589,6 +644,11 @@ def print_table(results: list[Result], extra: dict[str, object], args: argparse.
         )
         if gate and ngx:
             print(f"sessiongate p99 vs auth_request p99 at c={c}: {gate.p99_ms / ngx.p99_ms:.1f}x")
+        two = by.get((TWO_WORKERS, c))
+        for name in (SHARED, STRICT):
+            row = by.get((name, c))
+            if two and row:
+                print(f"{name} vs 2 workers without Redis at c={c}: {row.rps / two.rps:.3f}")
     for key, value in extra.items():
         print(f"{key}: {value}")
 

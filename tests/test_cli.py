@@ -368,6 +368,9 @@ def test_serve_with_two_workers(tmp_path, backends):
             assert r.status_code == 200, r.text
         assert c.get("/w").status_code == 401
     assert gate.output().count("sessiongate started") == 2, gate.output()
+    # each worker has its own cache: the start-up warning says so and names the setting
+    assert "each with its own session cache" in gate.output()
+    assert "shared.redis_url" in gate.output()
 
 
 def test_serve_ready_follows_kratos(tmp_path, backends):

@@ -6,10 +6,12 @@ upstream URL points at a closed port: the middleware decides and annotates, it n
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
 import socket
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, Any
 
@@ -24,7 +26,9 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
+from redis_servers import RedisServers
 from resources import raw_request
+from sessiongate.cache import CachedSession
 from sessiongate.config import Settings
 from sessiongate.middleware import OryUser, SessionGateMiddleware, require_session
 from sessiongate.testing import FakeKratosServer, KratosFake, UvicornThread
@@ -550,3 +554,39 @@ async def test_kratos_transport_runs_the_fake_in_process(serve):
         fake.revoke_session(alice.id)
         r = await c.get("/z", headers={"X-Session-Token": alice.token})
         assert r.status_code == 401
+
+
+async def test_shared_mode_evictions_reach_another_middleware_process(tmp_path, monkeypatch):
+    """Middleware mode with `shared.redis_url`: the app's `cache.evict_session` in one process
+    reaches another's cache through a real redis-server."""
+    monkeypatch.setenv("SESSIONGATE_SECRET", "middleware-test-secret-0123456789abcdef")
+
+    async def inner(scope: Scope, receive: Receive, send: Send) -> None:
+        await JSONResponse({"ok": True})(scope, receive, send)
+
+    servers = RedisServers(tmp_path / "redis")
+    try:
+        redis = servers.start()
+        shared = {"redis_url": redis.url, "cache_sessions": False}  # revocations only
+        settings = Settings.model_validate({"shared": shared})
+        one, two = SessionGateMiddleware(inner, settings), SessionGateMiddleware(inner, settings)
+        for mw in (one, two):  # the first request starts the follower (public path: no Kratos)
+            transport = httpx.ASGITransport(app=mw)
+            async with httpx.AsyncClient(transport=transport, base_url="http://gate") as c:
+                assert (await c.get("/health/x")).status_code == 200
+        deadline = time.monotonic() + 5
+        while not (one.revocations.healthy and two.revocations.healthy):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        entry = CachedSession.of("s1", "i1", time.time() + 600, b'{"id":"s1"}')
+        assert two.cache.put(b"k", entry, started=time.monotonic())
+        one.cache.evict_session("s1")
+        assert await one.revocations.flush()
+        deadline = time.monotonic() + 1.0
+        while two.cache.get(b"k") is not None:
+            assert time.monotonic() < deadline, "not evicted in the other process within 1 s"
+            await asyncio.sleep(0.005)
+        await one.revocations.aclose()
+        await two.revocations.aclose()
+    finally:
+        servers.close()

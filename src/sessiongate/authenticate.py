@@ -17,12 +17,17 @@ import re
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from sessiongate.cache import NEGATIVE, CachedSession, SessionCache
 from sessiongate.credentials import Credential
 from sessiongate.identity_headers import IdentityHeaders
 from sessiongate.kratos import KratosAnswer, KratosClient, KratosUnavailable
+from sessiongate.shared_sessions import UNAVAILABLE
+
+if TYPE_CHECKING:
+    from sessiongate.shared_sessions import SharedSessions
+    from sessiongate.strict import RevocationRecords
 
 log = logging.getLogger("sessiongate.authenticate")
 
@@ -40,6 +45,8 @@ class Denial:
 
 
 ANONYMOUS = Denial("anonymous", "No valid session credentials found in the request.")
+# strict mode cannot prove a cached session unrevoked without Redis: fail closed
+SHARED_UNAVAILABLE = Denial("unavailable", "The revocation store is unreachable.", retry_after="2")
 
 
 def parse_time(text: str) -> float:
@@ -73,12 +80,22 @@ class Authenticator:
         # credential digest → (the shared whoami's future, when it was sent)
         self._inflight: dict[bytes, tuple[asyncio.Future[CachedSession | Denial], float]] = {}
         self.whoami_calls = 0
+        # the shared mode (gatekeeper.py wires them): sessions in Redis, revocation records
+        self.shared: SharedSessions | None = None
+        self.records: RevocationRecords | None = None
+        self.strict = False
 
     async def authenticate(self, credential: Credential) -> CachedSession | Denial:
         key = credential.cache_key
         hit = self.cache.get(key)
         if hit is not None:
-            return ANONYMOUS if hit is NEGATIVE else hit  # type: ignore[return-value]
+            if hit is NEGATIVE:
+                return ANONYMOUS
+            if not self.strict:
+                return hit  # type: ignore[return-value]
+            checked = await self._strict_hit(hit)  # type: ignore[arg-type]
+            if checked is not None:
+                return checked
         pending = self._inflight.get(key)
         if pending is not None:
             future, leader_started = pending
@@ -106,7 +123,41 @@ class Authenticator:
             del self._inflight[key]
         return result
 
+    async def _strict_hit(self, hit: CachedSession) -> CachedSession | Denial | None:
+        """Strict mode: a cached session only after Redis proves it unrevoked (None: revoked,
+        ask whoami again)."""
+        assert self.records is not None
+        try:
+            if await self.records.still_valid(hit):
+                return hit
+        except Exception as exc:
+            log.warning("strict mode: revocation records unreadable (%s)", type(exc).__name__)
+            return SHARED_UNAVAILABLE
+        self.cache.forget_session(hit.session_id)
+        return None
+
     async def _ask_kratos(self, credential: Credential, key: bytes) -> CachedSession | Denial:
+        if self.shared is not None:
+            result = await self.shared.validate(
+                credential, key, lambda: self._whoami(credential, key)
+            )
+            if result is NEGATIVE:
+                return ANONYMOUS
+            return SHARED_UNAVAILABLE if result is UNAVAILABLE else result
+        if self.strict:
+            assert self.records is not None
+            try:
+                epoch = await self.records.epoch()
+            except Exception as exc:
+                log.warning("strict mode: revocation epoch unreadable (%s)", type(exc).__name__)
+                return SHARED_UNAVAILABLE
+            result = await self._whoami(credential, key)
+            if isinstance(result, CachedSession):
+                result.epoch = epoch
+            return result
+        return await self._whoami(credential, key)
+
+    async def _whoami(self, credential: Credential, key: bytes) -> CachedSession | Denial:
         started = time.monotonic()
         self.whoami_calls += 1
         try:
@@ -132,7 +183,8 @@ class Authenticator:
                 )
             if entry is ANONYMOUS:
                 return ANONYMOUS
-            self.cache.put(key, entry, started=started, cache_for=_cache_for(answer))
+            entry.cache_for = _cache_for(answer)
+            self.cache.put(key, entry, started=started, cache_for=entry.cache_for)
             return entry
         if status == 401:
             self.cache.put_negative(key)

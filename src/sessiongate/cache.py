@@ -43,6 +43,8 @@ class CachedSession:
     deadline: float = 0.0  # monotonic time after which the entry is dead
     parsed: dict[str, Any] | None = None
     annotations: Any = None  # what middleware mode puts in the scope, built once per entry
+    epoch: int = 0  # shared mode: the revocation epoch read before its whoami (strict.py)
+    cache_for: float | None = None  # Kratos' Ory-Session-Cache-For (the shared entry's lifetime)
 
     @classmethod
     def of(

@@ -36,6 +36,12 @@ CONFIG_ENV = "SESSIONGATE_CONFIG"
 API_KEY_ENV = "ORY_API_KEY"
 ADMIN_KEYS_ENV = "SESSIONGATE_ADMIN_KEYS"  # a secret, not a settings override
 LOGIN_PATH = "/self-service/login/browser"  # Kratos' browser login flow
+# The shared mode's secrets (environment only, never the file)
+# keys every digest and MAC kept in Redis; >= 32 bytes
+SECRET_ENV = "SESSIONGATE_SECRET"  # noqa: S105 (a variable name)
+REDIS_PASSWORD_ENV = "SESSIONGATE_REDIS_PASSWORD"  # noqa: S105
+SENTINEL_PASSWORD_ENV = "SESSIONGATE_SENTINEL_PASSWORD"  # noqa: S105
+SECRET_MIN_BYTES = 32
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -253,6 +259,104 @@ class Cache(_Section):
     ttl: Duration = 60.0
     max_entries: int = Field(default=100_000, ge=1)
     negative_ttl: Duration = 2.0
+
+
+def redact_url(url: str) -> str:
+    """`url` without its userinfo (user and password), for errors and logs."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]).geturl()
+
+
+def _host_port(node: str) -> tuple[str, int]:
+    host, sep, port = node.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"sentinel nodes are host:port, got {redact_url(node)!r}")
+    return host, int(port)
+
+
+class Sentinel(_Section):
+    """Redis Sentinel instead of a URL: the gate asks the sentinels for the master's address."""
+
+    master: str = Field(min_length=1)
+    nodes: list[str] = Field(min_length=1)  # host:port of each sentinel
+    tls: bool = False  # TLS to the sentinels and to the master
+
+    @field_validator("nodes")
+    @classmethod
+    def _nodes(cls, v: list[str]) -> list[str]:
+        for node in v:
+            _host_port(node)
+        return v
+
+    def addresses(self) -> list[tuple[str, int]]:
+        return [_host_port(node) for node in self.nodes]
+
+
+class Shared(_Section):
+    """The shared mode (README, "Several cores"): off unless `redis_url` or `sentinel` is set."""
+
+    redis_url: str | None = None  # redis://, rediss:// (TLS) or unix://; no password here
+    sentinel: Sentinel | None = None
+    prefix: str = "sessiongate"  # every key the gate writes starts with `<prefix>:`
+    cache_sessions: bool = True  # validated sessions shared in Redis (one whoami per fleet)
+    degraded_ttl: Duration = 5.0  # longest a cache entry lives while Redis is unreachable
+    timeout: Duration = 0.25  # each Redis call; an append past it is retried in the background
+    consistency: Literal["eventual", "strict"] = "eventual"
+
+    @field_validator("redis_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v in (None, ""):
+            return None
+        try:
+            parts = urlsplit(v)
+            parts.port  # noqa: B018 (raises on a bad port)
+        except ValueError:
+            raise ValueError(
+                f"not a URL: {redact_url(v)!r}; use redis://host:port/db, rediss://... or "
+                "unix:///path/to/redis.sock"
+            ) from None
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(
+                f"scheme must be redis://, rediss:// (TLS) or unix://, got {redact_url(v)!r}"
+            )
+        if parts.scheme == "unix" and not parts.path:
+            raise ValueError(f"a unix:// URL names a socket path, got {redact_url(v)!r}")
+        if parts.scheme != "unix" and not parts.hostname:
+            raise ValueError(f"the URL has no host: {redact_url(v)!r}")
+        db = parts.path.lstrip("/")
+        if parts.scheme != "unix" and db and not db.isdigit():
+            raise ValueError(f"the path is a database number (/0), got {redact_url(v)!r}")
+        return v
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", v):
+            raise ValueError(f"prefix is 1-64 of A-Z a-z 0-9 _ . : -, got {v!r}")
+        return v
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError("shared.timeout must be greater than zero")
+        return v
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Shared:
+        if self.redis_url and self.sentinel:
+            raise ValueError("set shared.redis_url or shared.sentinel, not both")
+        if self.consistency == "strict" and not self.enabled:
+            raise ValueError("consistency: strict needs shared.redis_url or shared.sentinel")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.redis_url or self.sentinel)
 
 
 class Access(_Section):
@@ -518,6 +622,7 @@ class Settings(_Section):
     forwarded: Forwarded = Field(default_factory=Forwarded)
     sessions_api: SessionsApi = Field(default_factory=SessionsApi)
     cors: Cors = Field(default_factory=Cors)
+    shared: Shared = Field(default_factory=Shared)
     log_level: str = "info"
 
     @field_validator("public_url")
@@ -731,6 +836,9 @@ def load_settings(
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError([f"(file): {path} must hold a mapping of sections"])
         data = loaded or {}
+    file_problems = _secrets_in_file(data)
+    if file_problems:
+        raise ConfigError(file_problems)
     data = _merge(data, env_overrides(environ))
     try:
         return Settings.model_validate(data)
@@ -738,8 +846,35 @@ def load_settings(
         raise ConfigError(_format_errors(exc)) from exc
 
 
+def _secrets_in_file(data: dict[str, Any]) -> list[str]:
+    """Secrets belong in the environment: a Redis URL with userinfo in the file is refused."""
+    shared = data.get("shared")
+    url = shared.get("redis_url") if isinstance(shared, dict) else None
+    if isinstance(url, str) and "@" in urlsplit(url).netloc:
+        return [
+            f"shared.redis_url: the file must not hold Redis credentials "
+            f"({redact_url(url)}); set the password in {REDIS_PASSWORD_ENV} "
+            f"(or the whole URL in {ENV_PREFIX}SHARED__REDIS_URL)"
+        ]
+    return []
+
+
+def shared_secret(environ: Mapping[str, str] | None = None) -> bytes | None:
+    """`SESSIONGATE_SECRET`: keys every digest and MAC the shared mode keeps in Redis."""
+    value = (os.environ if environ is None else environ).get(SECRET_ENV, "")
+    return value.encode() if value else None
+
+
 def runtime_problems(settings: Settings, environ: Mapping[str, str] | None = None) -> list[str]:
     """Problems that depend on the environment as well as the file (checked at start-up)."""
+    if settings.shared.enabled:
+        secret = shared_secret(environ)
+        if secret is None or len(secret) < SECRET_MIN_BYTES:
+            return [
+                f"shared: the shared mode needs {SECRET_ENV} in the environment, at least "
+                f"{SECRET_MIN_BYTES} bytes and the same on every process"
+                + ("" if secret is None else f" (it has {len(secret)})")
+            ]
     admin = settings.sessions_api.admin
     if (
         settings.sessions_api.enabled

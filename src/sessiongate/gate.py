@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 
 import httpx
@@ -32,6 +33,7 @@ from sessiongate.kratos import KratosClient
 from sessiongate.proxy import UpstreamProxy
 from sessiongate.relay import SessionsRelay
 from sessiongate.responses import send_error, send_json
+from sessiongate.revocations import Revocations
 from sessiongate.websocket_guard import WebSocketGuard
 
 log = logging.getLogger("sessiongate")
@@ -39,6 +41,8 @@ HEALTH_ALIVE = "/health/alive"
 HEALTH_READY = "/health/ready"
 READY_CACHE_SECONDS = 1.0  # /health/ready asks Kratos at most this often
 RAW_SEND = "sessiongate.raw_send"  # scope key: the server's send, bypassing CORS headers
+# Test-only: answers carry `x-sessiongate-worker: <pid>`, so a test reaches each worker
+TAG_WORKER_ENV = "SESSIONGATE_TEST_TAG_WORKER"
 
 CORS_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
 CORS_HEADERS = ["X-Session-Token", "Authorization", "Content-Type", "Accept", "X-Request-Id"]
@@ -107,6 +111,22 @@ class Gate:
             else None
         )
         self._ready, self._ready_until, self._ready_lock = False, 0.0, asyncio.Lock()
+        # The shared mode: evictions go to every process through Redis (README, "Several cores")
+        self.revocations = (
+            Revocations(gk.cache, settings.shared) if settings.shared.enabled else None
+        )
+        self._start_shared = self.revocations is not None
+        records = gk.authenticator.records  # revocation records ride on every stream append
+        if self.revocations is not None and records is not None:
+            self.revocations.append_hooks.append(records.append_hook)
+        if self.relay is not None and self.revocations is not None:
+            self.relay.published = self.revocations.flush
+            self.relay.handlers.on_forget = self.revocations.forgot
+        self._worker_tag = (
+            [(b"x-sessiongate-worker", str(os.getpid()).encode())]
+            if os.environ.get(TAG_WORKER_ENV)
+            else None
+        )
         cors = settings.cors
         self.cors_all = cors.apply_to == "all"
         # only then does the app answer its own preflights; with CORS off an OPTIONS is an
@@ -134,6 +154,11 @@ class Gate:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
+        if self._start_shared and kind != "lifespan":
+            self._start_shared = False  # servers without lifespan events start it here
+            self.revocations.start()  # type: ignore[union-attr]
+        if self._worker_tag is not None and kind == "http":
+            send = _tagged(send, self._worker_tag)
         if kind == "http":
             if self.cors is None or (not self.cors_all and self._app_preflight(scope)):
                 await self._http(scope, receive, send)
@@ -212,8 +237,26 @@ class Gate:
         if path == HEALTH_ALIVE:
             await send_json(send, 200, b'{"status":"ok"}')
             return
+        shared = self.revocations
         if await self._kratos_ready():
-            await send_json(send, 200, b'{"status":"ok"}')
+            if shared is None:
+                await send_json(send, 200, b'{"status":"ok"}')
+                return
+            # Redis down: still ready in eventual mode (Kratos is the authority), not in strict
+            strict = self.settings.shared.consistency == "strict"
+            ok = shared.healthy or not strict
+            body = json.dumps(
+                {
+                    "status": "ok" if ok else "Redis is not reachable",
+                    "shared": {
+                        "redis": shared.state,
+                        "consistency": "strict" if strict else "eventual",
+                    },
+                }
+            ).encode()
+            await send_json(
+                send, 200 if ok else 503, body, headers=[] if ok else [(b"retry-after", b"2")]
+            )
         else:
             body = json.dumps({"status": "Kratos is not reachable"}).encode()
             await send_json(send, 503, body, headers=[(b"retry-after", b"2")])
@@ -233,6 +276,9 @@ class Gate:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                if self._start_shared:
+                    self._start_shared = False
+                    self.revocations.start()  # type: ignore[union-attr]
                 log.info("sessiongate started: upstream %s", self.settings.upstream.url)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
@@ -242,5 +288,17 @@ class Gate:
                 return
 
     async def aclose(self) -> None:
+        if self.revocations is not None:
+            await self.revocations.aclose()
         await self.proxy.aclose()
         await self.kratos.aclose()
+        await self.gatekeeper.aclose()
+
+
+def _tagged(send: Send, tag: list[tuple[bytes, bytes]]) -> Send:
+    async def tagging(message):  # type: ignore[no-untyped-def]
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), *tag]}
+        await send(message)
+
+    return tagging

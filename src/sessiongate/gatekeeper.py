@@ -29,6 +29,7 @@ from sessiongate.identity_headers import IdentityHeaders
 from sessiongate.kratos import KratosClient
 from sessiongate.redirects import safe_return_to, with_query
 from sessiongate.responses import send_error, send_redirect
+from sessiongate.shared_sessions import attach
 
 log = logging.getLogger("sessiongate")
 RawHeaders = list[tuple[bytes, bytes]]
@@ -59,6 +60,9 @@ class Gatekeeper:
         self.authenticator = Authenticator(
             kratos, self.cache, self.identity, max_inflight=settings.ory.max_inflight
         )
+        # shared mode (shared_sessions.py, strict.py): Redis behind the local cache
+        self.shared_clients = attach(self.authenticator, settings)
+        self.strict = self.authenticator.strict  # no admission from the local cache alone
         self.decider = Decider(settings)
         # credential fingerprint → cache key, both digests (parsing costs more than the rest
         # of the decision); bounded, emptied when full
@@ -72,7 +76,7 @@ class Gatekeeper:
         if self.decider.is_public(scope["path"], scope.get("raw_path")):
             return Pass(None, self.identity.strip(headers))
         fingerprint = credential_fingerprint(headers)
-        if fingerprint is not None:
+        if fingerprint is not None and not self.strict:
             key = self._keys_by_fingerprint.get(fingerprint)
             if key is not None:
                 hit = self.cache.get(key)
@@ -110,6 +114,12 @@ class Gatekeeper:
             return Pass(result, forwarded)
         await self.answer_denial(scope, send, result)
         return None
+
+    async def aclose(self) -> None:
+        if self.authenticator.shared is not None:
+            await self.authenticator.shared.aclose()
+        for client in self.shared_clients:
+            await client.aclose()
 
     async def answer_denial(self, scope: Scope, send: Send, denial: Denial) -> None:
         kind = denial.kind

@@ -31,6 +31,7 @@ from sessiongate.decide import Decider
 from sessiongate.gatekeeper import Gatekeeper, Pass
 from sessiongate.kratos import KratosClient
 from sessiongate.responses import send_error
+from sessiongate.revocations import Revocations
 from sessiongate.websocket_guard import SocketWatch, WebSocketGuard
 
 log = logging.getLogger("sessiongate")
@@ -107,12 +108,23 @@ class SessionGateMiddleware:
         )
         for warning in config_warnings(self.settings):
             log.warning("configuration: %s", warning)
+        # The shared mode: `cache.evict_*` reach every process through Redis; an app that must
+        # know they did before it answers awaits `revocations.flush()` (README, "Several cores")
+        shared = self.settings.shared
+        self.revocations = Revocations(self.gatekeeper.cache, shared) if shared.enabled else None
+        self._start_shared = self.revocations is not None
+        records = self.gatekeeper.authenticator.records  # ride on every stream append
+        if self.revocations is not None and records is not None:
+            self.revocations.append_hooks.append(records.append_hook)
 
     @property
     def cache(self):  # type: ignore[no-untyped-def]
         return self.gatekeeper.cache
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._start_shared:
+            self._start_shared = False
+            self.revocations.start()  # type: ignore[union-attr]
         if scope["type"] not in ("http", "websocket"):
             if scope["type"] == "lifespan":
                 await self._lifespan(scope, receive, send)
@@ -169,7 +181,10 @@ class SessionGateMiddleware:
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def closing_send(message: dict[str, Any]) -> None:
             if message["type"] == "lifespan.shutdown.complete":
+                if self.revocations is not None:
+                    await self.revocations.aclose()
                 await self.kratos.aclose()
+                await self.gatekeeper.aclose()
             await send(message)
 
         await self.app(scope, receive, closing_send)

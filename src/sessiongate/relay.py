@@ -77,6 +77,9 @@ class SessionsRelay:
             self.cache,
             self.rewriter,
         )
+        # The shared mode: awaited after each route, so its evictions reach Redis before the
+        # client hears back (set by the gate; None: evictions stay in this process)
+        self.published: Callable[[], Awaitable[object]] | None = None
 
     def matches(self, path: str) -> bool:
         return self.table.kratos_path(path) is not None
@@ -156,6 +159,8 @@ class SessionsRelay:
                 headers=[(b"retry-after", b"2")],
             )
             return
+        if self.published is not None:
+            await self.published()
         await self._send(scope, send, answer)
 
     async def _refuse_id(

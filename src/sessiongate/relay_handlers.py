@@ -12,6 +12,7 @@ delete does not) evicts nothing, and those sessions lapse with their entries (`c
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 
@@ -24,6 +25,9 @@ from sessiongate.herodot import error_bytes
 from sessiongate.kratos import KratosAnswer
 from sessiongate.relay_rewrite import UrlRewriter
 from sessiongate.relay_upstream import Answer, Call, KratosRelay
+from sessiongate.strict import Revocation
+
+log = logging.getLogger("sessiongate.relay")
 
 WHOAMI_401 = error_bytes(401, reason="No valid session credentials found in the request.")
 _NO_STORE = "private, no-cache, no-store, must-revalidate"
@@ -41,6 +45,9 @@ class RelayHandlers:
         self.authenticator = authenticator
         self.cache = cache
         self.rewriter = rewriter
+        # told of an admin extend's forget_session (no cache listener hears it; the shared
+        # mode tells the other processes)
+        self.on_forget: Callable[[str], None] | None = None
 
     async def whoami(self, call: Call) -> Answer:
         """From the cache when fresh (Kratos' own bytes), else relayed and then cached."""
@@ -48,8 +55,8 @@ class RelayHandlers:
         if cred is None or call.query:  # tokenize_as and friends: always Kratos' fresh answer
             return await self.relay_public(call)
         hit = self.cache.get(cred.cache_key)
-        if isinstance(hit, CachedSession):
-            return _from_cache(hit)
+        if isinstance(hit, CachedSession) and not self.authenticator.strict:
+            return _from_cache(hit)  # (strict mode: Kratos' fresh answer, never unproven cache)
         if hit is NEGATIVE:
             headers = [
                 ("content-type", "application/json"),
@@ -80,11 +87,16 @@ class RelayHandlers:
         return answer
 
     async def revoke_one(self, call: Call) -> Answer:
-        return await self._evicting(call, self.cache.evict_session, admin=False)
+        target = call.target_id if call.target_id not in (None, "whoami") else None
+        rev = target and Revocation(session_id=target)
+        return await self._evicting(call, rev, self.cache.evict_session, admin=False)
 
     async def revoke_others(self, call: Call) -> Answer:
         current = await self.caller_session(call.credential)
-        answer = await self.upstream.send(call, admin=False)
+        rev = current and Revocation(
+            identity_id=current.identity_id, except_session=current.session_id
+        )
+        answer = await self._revoking(call, rev)
         if answer.ok and current is not None:
             self.cache.evict_identity(current.identity_id, except_session=current.session_id)
         # A caller the gate cannot resolve (see the module docstring) evicts nothing: no other
@@ -93,7 +105,8 @@ class RelayHandlers:
 
     async def logout_browser(self, call: Call) -> Answer:
         current = await self.caller_session(call.credential)
-        answer = await self.upstream.send(call, admin=False)
+        rev = current and Revocation(session_id=current.session_id)
+        answer = await self._revoking(call, rev, ok=lambda a: a.status in (204, 303))
         # 204 (JSON) or 303 (browser) is success; a 303 can also be an error page, and then
         # evicting only costs one extra whoami, while keeping a logged-out session is wrong.
         if answer.status in (204, 303) and current is not None:
@@ -110,34 +123,78 @@ class RelayHandlers:
                 target = await self.caller_session(found)
             except MalformedCredential:
                 target = None
-        answer = await self.upstream.send(call, admin=False, forward_credential=False)
+        rev = target and Revocation(session_id=target.session_id)
+        answer = await self._revoking(call, rev, forward_credential=False)
         if answer.ok and target is not None:
             self.cache.evict_session(target.session_id)
         return answer
 
     async def admin_disable(self, call: Call) -> Answer:
-        return await self._evicting(call, self.cache.evict_session)
+        rev = call.target_id and Revocation(session_id=call.target_id)
+        return await self._evicting(call, rev, self.cache.evict_session)
 
     async def admin_extend(self, call: Call) -> Answer:
-        return await self._evicting(call, self._forget_extended)
+        answer = await self.upstream.send(call, admin=True)
+        if answer.ok and call.target_id is not None:
+            self.cache.forget_session(call.target_id)
+            if self.on_forget is not None:
+                self.on_forget(call.target_id)
+            # An extend can bring an expired session back; the gate cannot tell which
+            # credentials (remembered as 401s) belong to it, and 401s are cheap to recompute.
+            self.cache.forget_negative()
+        return answer
 
     async def admin_delete_identity(self, call: Call) -> Answer:
-        return await self._evicting(call, self.cache.evict_identity)
+        rev = call.target_id and Revocation(identity_id=call.target_id)
+        return await self._evicting(call, rev, self.cache.evict_identity)
 
     async def _evicting(
-        self, call: Call, evict: Callable[[str], object], *, admin: bool = True
+        self,
+        call: Call,
+        rev: Revocation | str | None,
+        evict: Callable[[str], object],
+        *,
+        admin: bool = True,
     ) -> Answer:
         """Kratos' answer; on a 2xx, `evict(target id)` first, before the client hears back."""
-        answer = await self.upstream.send(call, admin=admin)
+        answer = await self._revoking(call, rev, admin=admin)
         if answer.ok and call.target_id not in (None, "whoami"):
             evict(call.target_id)
         return answer
 
-    def _forget_extended(self, session_id: str) -> None:
-        self.cache.forget_session(session_id)
-        # An extend can bring an expired session back; the gate cannot tell which
-        # credentials (remembered as 401s) belong to it, and 401s are cheap to recompute.
-        self.cache.forget_negative()
+    async def _revoking(
+        self,
+        call: Call,
+        rev: Revocation | str | None,
+        *,
+        admin: bool = False,
+        forward_credential: bool = True,
+        ok: Callable[[Answer], bool] = lambda answer: answer.ok,
+    ) -> Answer:
+        """Relay a revocation, keeping the shared mode's revocation records (strict.py): in
+        strict mode an open record first (none written: 503, nothing relayed), then the
+        confirmed epoch after Kratos' success (eventual mode: only that, best effort)."""
+        records = self.authenticator.records
+        strict = self.authenticator.strict
+        if records is not None and isinstance(rev, Revocation) and strict:
+            try:
+                await records.begin(rev)
+            except Exception as exc:
+                log.warning("strict mode: revocation record not written (%s)", type(exc).__name__)
+                return _unavailable()
+        answer = await self.upstream.send(
+            call, admin=admin, **({} if forward_credential else {"forward_credential": False})
+        )
+        if records is None or not isinstance(rev, Revocation):
+            return answer
+        try:
+            if ok(answer):
+                await records.confirm(rev)
+            elif strict:
+                await records.abort(rev)
+        except Exception as exc:
+            log.warning("revocation record not confirmed (%s)", type(exc).__name__)
+        return answer
 
     async def caller_session(self, credential: Credential | None) -> CachedSession | None:
         if credential is None:
@@ -154,6 +211,12 @@ def _from_cache(entry: CachedSession) -> Answer:
         ("vary", "Cookie"),
     ]
     return Answer(200, headers, entry.body)
+
+
+def _unavailable() -> Answer:
+    body = error_bytes(503, reason="The revocation store is unreachable.")
+    headers = [("content-type", "application/json"), ("retry-after", "2")]
+    return Answer(503, headers, body)
 
 
 def _session_token(body: bytes) -> str | None:

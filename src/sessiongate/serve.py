@@ -5,9 +5,10 @@ requests per second through the gate than uvicorn with uvloop + httptools, and a
 stays near nginx's while uvicorn's grows to seconds. uvicorn stays available (`listen.server`),
 e.g. where granian's wheels are not available.
 
-With `listen.workers` > 1 each worker is a process with its own session cache: a session is
-validated once per worker, and a revocation through the gate clears it in the worker that
-relayed it only (see README, "Several cores").
+With `listen.workers` > 1 each worker is a process with its own session cache. Without
+`shared.redis_url` a session is validated once per worker, and a revocation through the gate
+clears it in the worker that relayed it only; with it, workers and replicas share revocations
+(and sessions) through Redis (see README, "Several cores").
 """
 
 from __future__ import annotations
@@ -38,10 +39,11 @@ def gate_from_environment() -> Gate:
 def serve(settings: Settings, config_path: str | None) -> None:
     """Serve until SIGINT/SIGTERM. `settings` were validated by the caller."""
     configure_logging(settings.log_level)
-    if settings.listen.workers > 1:
+    if settings.listen.workers > 1 and not settings.shared.enabled:
         logging.getLogger("sessiongate").warning(
             "%d workers, each with its own session cache: a revocation through the gate "
-            "reaches the other workers only when their entry lapses (cache.ttl = %gs)",
+            "reaches the other workers only when their entry lapses (cache.ttl = %gs); set "
+            "shared.redis_url to share revocations through Redis",
             settings.listen.workers,
             settings.cache.ttl,
         )
