@@ -135,10 +135,17 @@ async def test_a_local_hit_never_touches_redis_and_redis_down_degrades_to_own_wh
             assert (await get(client, a, alice.token)).status_code == 200
             server.stop()  # stalled: any Redis call now costs shared.timeout
             try:
+                slow = 0
                 for _ in range(20):
                     started = time.monotonic()
                     assert (await get(client, a, alice.token)).status_code == 200
-                    assert time.monotonic() - started < 0.2
+                    took = time.monotonic() - started
+                    # hits are local; once the follower counts Redis as gone (1 s of silence) it
+                    # drops the local cache, and that one miss pays shared.timeout before its own
+                    # whoami
+                    assert took < 0.3 + 0.5, took
+                    slow += took >= 0.2
+                assert slow <= 1
                 # a new session with Redis stalled: the gate's own whoami, never a refusal
                 assert (await get(client, a, bob.token)).status_code == 200
             finally:

@@ -424,7 +424,9 @@ async def test_a_body_slower_than_body_timeout_is_a_408(make_stack, length, sent
         await upload.close()
     assert status == 408
     assert 0.9 <= time.monotonic() - started < 1 + MARGIN
-    assert not any(r["path"] == "/public/up" for r in stack.app.requests)
+    if sent < length and length <= 64 * 1024:
+        # a buffered body never reaches the app; a streamed one may have started towards it
+        assert not any(r["path"] == "/public/up" for r in stack.app.requests)
 
 
 async def test_one_client_gets_at_most_a_quarter_of_the_streamed_uploads(make_stack):
