@@ -150,13 +150,7 @@ class SharedSessions:
         token = os.urandom(12).hex()
         try:
             try:
-                async with self._slot(self.timeout), asyncio.timeout(self.timeout):
-                    pipe = self.redis.pipeline(transaction=False)
-                    pipe.get(entry_key)
-                    pipe.pttl(entry_key)
-                    pipe.get(self.records.epoch_key)
-                    pipe.set(lock_key, token, nx=True, px=int(self.lock_timeout * 1000))
-                    raw, pttl, epoch, locked = await pipe.execute()
+                raw, pttl, epoch, locked = await self._read(entry_key, (lock_key, token))
                 self._up()
             except _FAILURES as exc:
                 self._failed(exc)
@@ -178,12 +172,7 @@ class SharedSessions:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(woken), self.lock_timeout)
             try:
-                async with self._slot(self.timeout), asyncio.timeout(self.timeout):
-                    pipe = self.redis.pipeline(transaction=False)
-                    pipe.get(entry_key)
-                    pipe.pttl(entry_key)
-                    pipe.get(self.records.epoch_key)
-                    raw, pttl, epoch = await pipe.execute()
+                raw, pttl, epoch, _ = await self._read(entry_key)
             except _FAILURES as exc:
                 self._failed(exc)
                 return UNAVAILABLE if self.fail_closed else await ask()
@@ -195,6 +184,19 @@ class SharedSessions:
         finally:
             if self._waiters.get(digest) is woken:
                 del self._waiters[digest]
+
+    async def _read(self, entry_key: str, lock: tuple[str, str] | None = None) -> list[Any]:
+        """One round trip: the entry, its remaining life, the revocation epoch and, given
+        (lock key, token), whether this process took the lock (else None)."""
+        async with self._slot(self.timeout), asyncio.timeout(self.timeout):
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.get(entry_key)
+            pipe.pttl(entry_key)
+            pipe.get(self.records.epoch_key)
+            if lock is not None:
+                pipe.set(lock[0], lock[1], nx=True, px=int(self.lock_timeout * 1000))
+            found = await pipe.execute()
+        return found if lock is not None else [*found, None]
 
     async def _lead(
         self,
