@@ -6,13 +6,15 @@ passwords from the environment (`SESSIONGATE_REDIS_PASSWORD`, `SESSIONGATE_SENTI
 and `shared.timeout` as the socket timeouts. No retries inside the client: a caller that misses
 its deadline decides what to do (retry in the background, degrade, or fail closed), so a slow
 Redis never holds a request longer than `shared.timeout`. Log lines name the server with
-`describe()`, which never shows a URL's userinfo.
+`describe()`, which never shows a URL's userinfo. `Batcher` sends the calls asked for in one
+turn of the event loop as one pipeline, so a burst costs a few round trips, not one each.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -91,3 +93,76 @@ def describe(shared: Shared) -> str:
 def key(shared: Shared, *parts: str) -> str:
     """`<prefix>:<part>:<part>`: every key the gate writes is under `shared.prefix`."""
     return ":".join((shared.prefix, *parts))
+
+
+#: Adds a call's commands to a pipeline (`pipe.get(k)`, ...); their replies come back in order.
+Commands = Callable[[Any], object]
+
+_Call = tuple[Commands, Hashable, "asyncio.Future[list[Any]]"]
+
+#: Calls per pipeline: a larger burst is split, so no single reply takes long to parse.
+BATCH = 256
+
+
+class Batcher:
+    """One pipeline per turn of the event loop for every call asked for in that turn.
+
+    Each call is still sent after it was asked for (a write that finished before the call began
+    is seen by it). Calls with the same `share` key in one pipeline are sent once and share the
+    replies. The whole pipeline is bounded by `timeout`; on any failure (down, slow, an error
+    reply) every call in it raises that failure and its caller decides.
+    """
+
+    def __init__(self, redis: aioredis.Redis, timeout: float) -> None:
+        self.redis = redis
+        self.timeout = timeout
+        self._queue: list[_Call] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def run(self, commands: Commands, share: Hashable = None) -> list[Any]:
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self._queue.append((commands, share, future))
+        if len(self._queue) == 1:  # the first of this turn schedules the flush
+            task = asyncio.get_running_loop().create_task(self._flush())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return await future
+
+    async def _flush(self) -> None:
+        batch, self._queue = self._queue, []
+        await asyncio.gather(
+            *(self._send(batch[i : i + BATCH]) for i in range(0, len(batch), BATCH))
+        )
+
+    async def _send(self, batch: list[_Call]) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        spans: dict[Hashable, tuple[int, int]] = {}
+        placed: list[tuple[int, int]] = []
+        for commands, share, _ in batch:
+            span = spans.get(share) if share is not None else None
+            if span is None:
+                start = len(pipe)
+                commands(pipe)
+                span = (start, len(pipe))
+                if share is not None:
+                    spans[share] = span
+            placed.append(span)
+        try:
+            async with asyncio.timeout(self.timeout):
+                replies = await pipe.execute()
+        except BaseException as exc:
+            failure = exc if isinstance(exc, Exception) else TimeoutError()
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(failure)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, _, future), (start, end) in zip(batch, placed, strict=True):
+            if not future.done():
+                future.set_result(replies[start:end])
+
+    async def aclose(self) -> None:
+        """Let calls already asked for finish (each within `timeout`)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)

@@ -30,13 +30,13 @@ import logging
 import os
 import struct
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from sessiongate.cache import NEGATIVE, CachedSession, SessionCache
 from sessiongate.config import SECRET_ENV, Settings, Shared, shared_secret
 from sessiongate.credentials import Credential
-from sessiongate.shared_redis import RedisError, connect, key
+from sessiongate.shared_redis import Batcher, RedisError, connect, key
 from sessiongate.strict import RevocationRecords
 
 if TYPE_CHECKING:
@@ -51,7 +51,6 @@ _MAC_BYTES = 32
 _FAILURES = (RedisError, OSError, TimeoutError, asyncio.TimeoutError)
 #: What `validate` returns in strict mode when Redis fails (the caller answers 503).
 UNAVAILABLE = object()
-REDIS_SLOTS = 64
 
 
 def derive(secret: bytes, purpose: bytes) -> bytes:
@@ -120,9 +119,10 @@ class SharedSessions:
         # lock lives, so a busy event loop does not cost the fleet its shared entry
         self.write_timeout = max(shared.timeout, lock_timeout)
         self._tasks: set[asyncio.Task[None]] = set()
-        # at most this many Redis calls at once per process; a burst (a cold start) queues for
-        # a slot (a round trip is ~0.3 ms) instead of opening a connection per miss
-        self._slots = asyncio.Semaphore(REDIS_SLOTS)
+        # a burst of misses (a cold start) shares a few round trips instead of queueing for
+        # connections: past shared.timeout a reader would ask whoami itself
+        self._reads = Batcher(redis, shared.timeout)
+        self._writes = Batcher(redis, self.write_timeout)
         self.lock_timeout = lock_timeout
         self.identity_headers = identity_headers
         self._subscriber_client = subscriber
@@ -188,15 +188,17 @@ class SharedSessions:
     async def _read(self, entry_key: str, lock: tuple[str, str] | None = None) -> list[Any]:
         """One round trip: the entry, its remaining life, the revocation epoch and, given
         (lock key, token), whether this process took the lock (else None)."""
-        async with self._slot(self.timeout), asyncio.timeout(self.timeout):
-            pipe = self.redis.pipeline(transaction=False)
+
+        def commands(pipe: Any) -> None:
             pipe.get(entry_key)
             pipe.pttl(entry_key)
             pipe.get(self.records.epoch_key)
             if lock is not None:
                 pipe.set(lock[0], lock[1], nx=True, px=int(self.lock_timeout * 1000))
-            found = await pipe.execute()
-        return found if lock is not None else [*found, None]
+
+        if lock is not None:
+            return await self._reads.run(commands)
+        return [*await self._reads.run(commands, share=entry_key), None]
 
     async def _lead(
         self,
@@ -230,20 +232,9 @@ class SharedSessions:
         return result
 
     async def _store(self, entry_key: str, payload: bytes, px: int) -> None:
+        signed = self._sign(entry_key, payload)
         with contextlib.suppress(*_FAILURES):
-            async with self._slot(self.write_timeout), asyncio.timeout(self.write_timeout):
-                await self.redis.set(entry_key, self._sign(entry_key, payload), px=px)
-
-    @contextlib.asynccontextmanager
-    async def _slot(self, wait: float) -> AsyncIterator[None]:
-        """One of REDIS_SLOTS: waiting for it is a burst's queue, not Redis being slow, so it is
-        bounded apart from the call's own deadline."""
-        async with asyncio.timeout(wait):
-            await self._slots.acquire()
-        try:
-            yield
-        finally:
-            self._slots.release()
+            await self._writes.run(lambda pipe: pipe.set(entry_key, signed, px=px))
 
     def _background(self, work: Coroutine[Any, Any, None], *, unlock: bool = False) -> None:
         if self._down and not unlock:  # Redis failing: no plain writes pile up behind it
@@ -273,14 +264,18 @@ class SharedSessions:
         self, lock_key: str, token: str, digest: str, *, store: tuple[str, bytes | None, int] | None
     ) -> None:
         """Store the entry (if any), drop our lock, and wake the fleet's waiters: one round trip."""
+        signed = None
+        if store is not None and store[1] is not None and store[2] > 0:
+            signed = (store[0], self._sign(store[0], store[1]), store[2])
+
+        def commands(pipe: Any) -> None:
+            if signed is not None:
+                pipe.set(signed[0], signed[1], px=signed[2])
+            pipe.eval(_UNLOCK, 1, lock_key, token)
+            pipe.publish(self._channel, digest)
+
         try:
-            async with self._slot(self.write_timeout), asyncio.timeout(self.write_timeout):
-                pipe = self.redis.pipeline(transaction=False)
-                if store is not None and store[1] is not None and store[2] > 0:
-                    pipe.set(store[0], self._sign(store[0], store[1]), px=store[2])
-                pipe.eval(_UNLOCK, 1, lock_key, token)
-                pipe.publish(self._channel, digest)
-                await pipe.execute()
+            await self._writes.run(commands)
         except _FAILURES as exc:  # waiters then wait for the lock to lapse (ory.timeout)
             self._failed(exc)
 

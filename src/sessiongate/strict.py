@@ -30,7 +30,7 @@ from typing import Any
 
 from sessiongate.cache import CachedSession
 from sessiongate.config import Shared
-from sessiongate.shared_redis import key
+from sessiongate.shared_redis import Batcher, key
 
 OPEN = b"open"
 ALL = "*"
@@ -55,10 +55,7 @@ class RevocationRecords:
         self.all_key = key(shared, "rev", "all")
         self._confirm = redis.register_script(_CONFIRM)
         self._abort = redis.register_script(_ABORT)
-        # checks waiting for the next pipelined read (see `still_valid`)
-        self._queue: list[tuple[CachedSession, asyncio.Future[bool]]] = []
-        self._scheduled = False
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._checks = Batcher(redis, self.timeout)  # see `still_valid`
 
     def _target(self, rev: Revocation) -> tuple[str, str]:
         if rev.session_id:
@@ -73,48 +70,22 @@ class RevocationRecords:
         """No revocation of this session or identity since the entry's whoami: one round trip.
 
         Checks asked for in the same turn of the event loop share that round trip (one
-        pipeline): each is still read after it was asked for, so a revocation recorded before a
-        request arrived is always seen by it.
+        pipeline, `Batcher`): each is still read after it was asked for, so a revocation
+        recorded before a request arrived is always seen by it.
         """
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._queue.append((entry, future))
-        if not self._scheduled:
-            self._scheduled = True
-            task = asyncio.get_running_loop().create_task(self._flush())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        return await future
+        sid, iid = entry.session_id, entry.identity_id
 
-    async def _flush(self) -> None:
-        batch, self._queue, self._scheduled = self._queue, [], False
-        sessions = sorted({e.session_id for e, _ in batch})
-        identities = sorted({e.identity_id for e, _ in batch})
-        try:
-            async with asyncio.timeout(self.timeout):
-                pipe = self.redis.pipeline(transaction=False)
-                pipe.get(self.all_key)
-                for sid in sessions:
-                    pipe.get(key(self.shared, "rev", "s", sid))
-                for iid in identities:
-                    pipe.hgetall(key(self.shared, "rev", "i", iid))
-                replies = await pipe.execute()
-        except BaseException as exc:  # every waiter sees the failure (strict: 503)
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc if isinstance(exc, Exception) else TimeoutError())
-            if not isinstance(exc, Exception):
-                raise
-            return
-        cleared, replies = replies[0], replies[1:]
-        by_session = dict(zip(sessions, replies[: len(sessions)], strict=True))
-        by_identity = dict(zip(identities, replies[len(sessions) :], strict=True))
-        for entry, future in batch:
-            if not future.done():
-                valid = cleared is None or not _after(cleared, entry.epoch)
-                future.set_result(
-                    valid
-                    and _valid(entry, by_session[entry.session_id], by_identity[entry.identity_id])
-                )
+        def commands(pipe: Any) -> None:
+            pipe.get(self.all_key)
+            pipe.get(key(self.shared, "rev", "s", sid))
+            pipe.hgetall(key(self.shared, "rev", "i", iid))
+
+        cleared, session_record, identity_records = await self._checks.run(
+            commands, share=(sid, iid)
+        )
+        if cleared is not None and _after(cleared, entry.epoch):
+            return False
+        return _valid(entry, session_record, identity_records)
 
     async def begin(self, rev: Revocation) -> None:
         """Strict mode, before relaying: an open record refuses every cached copy at once."""
