@@ -1,5 +1,6 @@
-"""`shared_redis.connect`: a real redis-server by URL, with the password from the environment,
-over a unix socket, through Sentinel; `shared.timeout` bounds a stalled server."""
+"""`shared_redis`: `connect` to a real redis-server by URL, with the password from the
+environment, over a unix socket, through Sentinel; `shared.timeout` bounds a stalled server;
+`Batcher` turns a burst of calls into a few pipelines on a few connections."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 
 from redis_servers import RedisServers, free_port, redis_servers  # noqa: F401
 from sessiongate.config import Sentinel, Shared
-from sessiongate.shared_redis import RedisError, connect, describe, key
+from sessiongate.shared_redis import Batcher, RedisError, connect, describe, key
 
 
 async def _roundtrip(client) -> bytes:  # type: ignore[no-untyped-def]
@@ -64,3 +65,59 @@ def test_describe_never_shows_the_password_and_keys_are_prefixed():
     assert "secret" not in describe(shared)
     assert key(shared, "revocations") == "p1:revocations"
     assert free_port() > 0
+
+
+async def test_a_burst_shares_a_few_connections_and_each_call_gets_its_own_replies(
+    redis_servers: RedisServers,  # noqa: F811
+):
+    server = redis_servers.start()
+    client = connect(Shared(redis_url=server.url), environ={}, max_connections=None)
+    batcher = Batcher(client, timeout=2.0)
+    try:
+        await client.mset({f"k{i}": f"v{i}" for i in range(1000)})
+
+        async def one(i: int) -> list[bytes]:
+            return await batcher.run(lambda pipe: (pipe.get(f"k{i}"), pipe.get(f"k{i + 1}")))
+
+        replies = await asyncio.gather(*(one(i) for i in range(999)))
+        assert replies == [[f"v{i}".encode(), f"v{i + 1}".encode()] for i in range(999)]
+        # 999 calls at once: 4 pipelines of at most 256 calls, not a connection each
+        clients = [c for c in server.cli("CLIENT", "LIST").splitlines() if "name=sessiongate" in c]
+        assert 1 <= len(clients) <= 4, clients
+        # calls that share a key in one pipeline are sent once; each is read after it was asked
+        sent = []
+
+        def counted(pipe):  # type: ignore[no-untyped-def]
+            sent.append(1)
+            pipe.incr("n")
+
+        shared = await asyncio.gather(*(batcher.run(counted, share="n") for _ in range(10)))
+        assert shared == [[1]] * 10
+        assert len(sent) == 1
+        assert await batcher.run(counted, share="n") == [2]
+    finally:
+        await batcher.aclose()
+        await client.aclose()
+
+
+async def test_a_stalled_server_fails_every_call_of_the_pipeline_within_its_timeout(
+    redis_servers: RedisServers,  # noqa: F811
+):
+    server = redis_servers.start()
+    client = connect(Shared(redis_url=server.url, timeout=0.2), environ={})
+    batcher = Batcher(client, timeout=0.2)
+    try:
+        await client.ping()
+        server.stop()
+        started = time.monotonic()
+        outcomes = await asyncio.gather(
+            *(batcher.run(lambda pipe: pipe.get("x")) for _ in range(50)), return_exceptions=True
+        )
+        assert time.monotonic() - started < 1.0
+        assert all(isinstance(o, (RedisError, TimeoutError)) for o in outcomes), outcomes
+        server.cont()
+        assert await batcher.run(lambda pipe: pipe.set("x", "1")) == [True]
+    finally:
+        server.cont()
+        await batcher.aclose()
+        await client.aclose()
