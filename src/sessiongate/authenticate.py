@@ -86,6 +86,11 @@ class Authenticator:
         self.strict = False
 
     async def authenticate(self, credential: Credential) -> CachedSession | Denial:
+        return await self._authenticate(credential, rejoin=True)
+
+    async def _authenticate(
+        self, credential: Credential, *, rejoin: bool
+    ) -> CachedSession | Denial:
         key = credential.cache_key
         hit = self.cache.get(key)
         if hit is not None:
@@ -105,7 +110,16 @@ class Authenticator:
             if isinstance(shared, CachedSession) and self.cache.revoked_since(
                 shared.session_id, shared.identity_id, leader_started
             ):
-                return ANONYMOUS
+                if self.cache.revoked_since(
+                    shared.session_id, shared.identity_id, leader_started, cleared=False
+                ):
+                    return ANONYMOUS
+                # Only a clear() since (the shared mode drops the cache when Redis is lost):
+                # no revocation, yet that answer is not trusted either. Ask again (with the
+                # other waiters, once), never 401.
+                if rejoin:
+                    return await self._authenticate(credential, rejoin=False)
+                return await self._ask_kratos(credential, key)
             return shared
         if len(self._inflight) >= self.max_inflight:
             return Denial("overloaded", "Too many session checks in flight.", retry_after="1")

@@ -273,9 +273,12 @@ class SessionCache:
             listener.cleared()
 
     # -- internals --------------------------------------------------------------------------
-    def revoked_since(self, session_id: str, identity_id: str, started: float) -> bool:
-        """Was this session (or its identity) evicted at or after monotonic time `started`?"""
-        if started <= self._cleared_at:
+    def revoked_since(
+        self, session_id: str, identity_id: str, started: float, *, cleared: bool = True
+    ) -> bool:
+        """Was this session (or its identity) evicted at or after monotonic time `started`?
+        With `cleared`, a `clear()` since then counts too (it evicted everything)."""
+        if cleared and started <= self._cleared_at:
             return True
         revoked_at = self._revoked_sessions.get(session_id)
         if revoked_at is not None and started <= revoked_at:

@@ -650,6 +650,24 @@ async def test_request_arriving_after_eviction_does_not_share_a_stale_whoami(mak
     assert [r["path"] for r in custom.app.requests] == ["/before"]
 
 
+async def test_a_cache_cleared_while_a_whoami_is_in_flight_logs_nobody_out(make_custom):
+    # `cache.clear()` (the shared mode drops the cache when Redis is lost or restarted, and
+    # `gate.cache.clear()`) is no revocation: a request that joins a whoami sent before it gets
+    # a fresh answer, not a 401 (the soak caught that false logout during a Redis stall).
+    custom = make_custom(delay=1.0, upstream=ROOMY_UPSTREAM)
+    alice = custom.fake.login("alice@example.com")
+    headers = {"X-Session-Token": alice.token}
+    async with custom.client() as c:
+        first = asyncio.create_task(c.get("/before", headers=headers))
+        await asyncio.sleep(0.3)  # the shared whoami is now in flight
+        custom.gate.cache.clear()
+        second = await c.get("/after", headers=headers)
+        first_response = await first
+    assert first_response.status_code == 200
+    assert second.status_code == 200, second.text
+    assert sorted(r["path"] for r in custom.app.requests) == ["/after", "/before"]
+
+
 # -- the fast path and its limits ------------------------------------------------------------
 
 
