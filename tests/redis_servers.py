@@ -9,6 +9,7 @@ every process is killed when the `redis_servers` fixture (or `RedisServers.close
         r.stop(); r.cont()                   # SIGSTOP / SIGCONT (a stalled Redis)
         r.kill()                             # SIGKILL
         r.restart()                          # a fresh, empty server on the same port
+        r.cli("DEBUG", "SLEEP", "0.5")       # a slow server (answers nothing for 0.5 s)
         replica = redis_servers.start(replica_of=r)
         sentinel = redis_servers.start(sentinel_of=r)   # master name: mymaster
 """
@@ -104,6 +105,8 @@ class RedisServer:
         ]
         if self.sentinel_of is None:
             args += ["--save", "", "--appendonly", "no"]  # a restart is empty
+            # `cli("DEBUG", "SLEEP", "0.5")`: a Redis slower than shared.timeout
+            args += ["--enable-debug-command", "local"]
         if self.password:
             args += ["--requirepass", self.password]
         if self.replica_of is not None:

@@ -60,9 +60,11 @@ def fleet(
     tmp_path: Path,
     backends: Backends,  # noqa: F811
     redis: RedisServer,
+    *,
+    cache: dict[str, Any] | None = None,
     **shared: Any,
 ) -> Iterator[list[Replica]]:
-    """Two replicas: one worker, and two workers, sharing `redis`."""
+    """Two replicas: one worker, and two workers, sharing `redis` (`cache`: cache.* settings)."""
     env = clean_env(
         SESSIONGATE_SECRET=SECRET,
         SESSIONGATE_TEST_TAG_WORKER="1",
@@ -86,6 +88,7 @@ def fleet(
                 },
                 sessions_api={"admin": {"enabled": True}},
                 shared={"redis_url": redis.url, **shared},
+                **({"cache": cache} if cache else {}),
             )
             running = stack.enter_context(serve(here, ["--config", str(path)], env, port))
             replicas.append(Replica(running, workers))

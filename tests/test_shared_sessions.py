@@ -184,3 +184,50 @@ async def test_a_revoked_session_does_not_come_back_from_redis(
             assert others.status_code == 200
             assert (await get(client, b, tablet.token)).status_code == 401
             assert (await get(client, b, phone.token)).status_code == 200
+
+
+async def test_an_entry_validated_before_redis_lost_its_data_does_not_come_back_after(
+    tmp_path,
+    backends: Backends,  # noqa: F811
+    redis_servers: RedisServers,  # noqa: F811
+):
+    """A whoami answer in flight while Redis restarted empty is stored after the restart: its
+    revocation record is gone, the entry is not. The entry carries the generation its epoch was
+    read from, so a gate that started after the restart (nothing cached, nothing cleared, no
+    tombstone) does not admit it from Redis."""
+    fake = backends.kratos.fake
+    ident = fake.create_identity(email="alice@example.com")
+    phone, laptop = fake.create_session(ident), fake.create_session(ident)
+    server = redis_servers.start()
+    r = aioredis.Redis(port=server.port)
+    (tmp_path / "before").mkdir()
+    (tmp_path / "after").mkdir()
+    try:
+        with fleet(tmp_path / "before", backends, server, count=1) as (a,):
+            async with httpx.AsyncClient(timeout=10) as client:
+                assert (await get(client, a, laptop.token)).status_code == 200
+                for _ in range(50):  # stored in the background
+                    stored = await r.get(_entry_key(laptop.token))
+                    if stored is not None:
+                        break
+                    await asyncio.sleep(0.05)
+                assert stored is not None
+                revoked = await client.delete(
+                    f"{a.url}/sessions/{laptop.id}", headers={"X-Session-Token": phone.token}
+                )
+                assert revoked.status_code == 204
+        server.restart()
+        await r.aclose()
+        r = aioredis.Redis(port=server.port)
+        await r.set(_entry_key(laptop.token), stored, px=60_000)  # the late store lands
+        with fleet(tmp_path / "after", backends, server, count=1) as (c,):
+            async with httpx.AsyncClient(timeout=10) as client:
+                for _ in range(100):  # c follows the new Redis (its generation is trusted)
+                    ready = (await client.get(c.url + "/health/ready")).json()
+                    if ready["shared"]["redis"] == "connected":
+                        break
+                    await asyncio.sleep(0.05)
+                assert (await get(client, c, laptop.token)).status_code == 401
+                assert (await get(client, c, phone.token)).status_code == 200
+    finally:
+        await r.aclose()

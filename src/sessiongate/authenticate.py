@@ -139,7 +139,7 @@ class Authenticator:
 
     async def _strict_hit(self, hit: CachedSession) -> CachedSession | Denial | None:
         """Strict mode: a cached session only after Redis proves it unrevoked (None: revoked,
-        ask whoami again)."""
+        or not provable since Redis lost its records: ask whoami again)."""
         assert self.records is not None
         try:
             if await self.records.still_valid(hit):
@@ -161,13 +161,13 @@ class Authenticator:
         if self.strict:
             assert self.records is not None
             try:
-                epoch = await self.records.epoch()
+                stamp = await self.records.stamp()
             except Exception as exc:
                 log.warning("strict mode: revocation epoch unreadable (%s)", type(exc).__name__)
                 return SHARED_UNAVAILABLE
             result = await self._whoami(credential, key)
             if isinstance(result, CachedSession):
-                result.epoch = epoch
+                self.records.tag(result, stamp)
             return result
         return await self._whoami(credential, key)
 

@@ -44,6 +44,7 @@ class CachedSession:
     parsed: dict[str, Any] | None = None
     annotations: Any = None  # what middleware mode puts in the scope, built once per entry
     epoch: int = 0  # shared mode: the revocation epoch read before its whoami (strict.py)
+    generation: bytes = b""  # shared mode: Redis' data set that epoch was read from (strict.py)
     cache_for: float | None = None  # Kratos' Ory-Session-Cache-For (the shared entry's lifetime)
 
     @classmethod

@@ -119,6 +119,8 @@ class Gate:
         records = gk.authenticator.records  # revocation records ride on every stream append
         if self.revocations is not None and records is not None:
             self.revocations.append_hooks.append(records.append_hook)
+            # a cached session is proven only within the data set this process follows
+            records.trusted = self.revocations.trusted_generation
         if self.relay is not None and self.revocations is not None:
             self.relay.published = self.revocations.flush
             self.relay.handlers.on_forget = self.revocations.forgot

@@ -116,6 +116,8 @@ class SessionGateMiddleware:
         records = self.gatekeeper.authenticator.records  # ride on every stream append
         if self.revocations is not None and records is not None:
             self.revocations.append_hooks.append(records.append_hook)
+            # a cached session is proven only within the data set this process follows
+            records.trusted = self.revocations.trusted_generation
 
     @property
     def cache(self):  # type: ignore[no-untyped-def]

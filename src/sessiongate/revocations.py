@@ -16,6 +16,13 @@ Owns the stream `<prefix>:revocations` and this process' place in it:
   cache. No answer from Redis for `SILENCE` (1 s) is a disconnection: the cache is dropped and,
   until Redis answers again, entries live at most `shared.degraded_ttl` (Kratos stays the
   authority; nobody is logged out because Redis is down). Each transition is logged once.
+* **The trusted generation.** `trusted_generation()` is the generation the follower last
+  proved it follows (None while it cannot: connecting, after a gap, degraded). Redis restarted
+  empty or flushed takes the stream and the revocation records with it; until the follower
+  notices (its next read, up to `BLOCK_MS` later) the local cache may hold a session revoked
+  just before. Eventual mode accepts that (within the bound of 1 s); strict mode does not:
+  `strict.RevocationRecords` admits a cache hit only while Redis' generation is this one, so a
+  revocation lost with Redis' data is refused on the very next request at every process.
 """
 
 from __future__ import annotations
@@ -76,6 +83,7 @@ class Revocations:
         self.origin = f"{os.getpid()}-{secrets.token_hex(6)}".encode()
         self.append_hooks: list[AppendHook] = []
         self.state = "connecting"
+        self._generation: bytes | None = None  # see trusted_generation()
         self._environ = environ
         self._ttl = cache.ttl
         self._pending: deque[_Pending] = deque()
@@ -95,6 +103,11 @@ class Revocations:
     @property
     def healthy(self) -> bool:
         return self.state == "connected"
+
+    def trusted_generation(self) -> bytes | None:
+        """Redis' generation this follower proved it follows (every event applied since its
+        place in the stream); None while it cannot (see the module doc)."""
+        return self._generation
 
     def start(self) -> None:
         """Start the follower and the publisher on the running loop (idempotent)."""
@@ -247,6 +260,8 @@ class Revocations:
                 try:
                     if last_id is None:
                         last_id, generation = await self._sync(client)
+                        # a place in the stream: every event after it will be applied
+                        self._generation = generation
                     reads += 1
                     pipe = client.pipeline(transaction=False)
                     pipe.get(self.generation_key)
@@ -264,8 +279,9 @@ class Revocations:
                             "shared mode: the revocation stream has a gap (Redis restarted, "
                             "flushed or trimmed); dropped the local session cache"
                         )
-                        last_id = None
+                        self._generation = last_id = None
                         continue
+                    self._generation = generation
                     for entries in _entries(read):
                         for entry_id, fields in entries:
                             if fields.get(b"o") != self.origin:
@@ -280,7 +296,8 @@ class Revocations:
                         # one log line, the degraded mode
                         if self.state != "degraded":
                             self._degrade(exc)
-                        last_id = None  # prove continuity again (and drop the cache) later
+                        # prove continuity again (and drop the cache) later
+                        self._generation = last_id = None
                     await asyncio.sleep(0.1)
         finally:
             with contextlib.suppress(Exception):
@@ -328,6 +345,7 @@ class Revocations:
             self._applying = False
 
     def _degrade(self, exc: BaseException | None = None) -> None:
+        self._generation = None
         if exc is not None:
             log.warning(
                 "shared mode: Redis %s unreachable (%s): serving on, cache entries live at "

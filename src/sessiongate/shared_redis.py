@@ -3,11 +3,14 @@
 Owns only the connection: `shared.redis_url` (redis://, rediss:// for TLS, unix://) or
 `shared.sentinel` (the sentinels are asked for the master, TLS with `shared.sentinel.tls`), the
 passwords from the environment (`SESSIONGATE_REDIS_PASSWORD`, `SESSIONGATE_SENTINEL_PASSWORD`),
-and `shared.timeout` as the socket timeouts. No retries inside the client: a caller that misses
-its deadline decides what to do (retry in the background, degrade, or fail closed), so a slow
-Redis never holds a request longer than `shared.timeout`. Log lines name the server with
-`describe()`, which never shows a URL's userinfo. `Batcher` sends the calls asked for in one
-turn of the event loop as one pipeline, so a burst costs a few round trips, not one each.
+and `shared.timeout` as the socket timeouts. One retry inside the client, at once and only for a
+connection found closed (a pooled connection of a Redis that restarted or dropped it): without
+it the first call on each pooled connection after a restart fails, a 503 in strict mode. No
+retry after a timeout: a caller that misses its deadline decides what to do (retry in the
+background, degrade, or fail closed), so a slow Redis never holds a request longer than
+`shared.timeout`. Log lines name the server with `describe()`, which never shows a URL's
+userinfo. `Batcher` sends the calls asked for in one turn of the event loop as one pipeline, so
+a burst costs a few round trips, not one each.
 """
 
 from __future__ import annotations
@@ -52,7 +55,8 @@ def connect(
     common: dict[str, Any] = {
         "socket_timeout": timeout,
         "socket_connect_timeout": shared.timeout,
-        "retry": Retry(NoBackoff(), 0),
+        # a closed connection (ConnectionError) is retried once at once; a timeout never
+        "retry": Retry(NoBackoff(), 1, supported_errors=(aioredis.ConnectionError,)),
         "max_connections": max_connections,
         "decode_responses": False,
         "client_name": "sessiongate",

@@ -4,9 +4,10 @@ Owns the Redis side of the session cache (`shared.cache_sessions`), consulted on
 the local `SessionCache` (a local hit never touches Redis):
 * keys are HMAC-SHA256 of the credential under `SESSIONGATE_SECRET`, never the credential;
 * values are the local cache's compact encoding (ids, `expires_at`, the deflated whoami body,
-  the revocation epoch read before whoami was sent) followed by an HMAC-SHA256 over key and
-  value, checked on read: whoever can write to Redis cannot forge or alter a session (a bad MAC
-  is a miss, and logged); identity headers are recomputed from the body on read;
+  the revocation epoch and generation read before whoami was sent) followed by an HMAC-SHA256
+  over key and value, checked on read: whoever can write to Redis cannot forge or alter a
+  session (a bad MAC is a miss, and logged); identity headers are recomputed from the body on
+  read;
 * an entry lives as the local one does (min(cache.ttl, expires_at, Ory-Session-Cache-For)),
   401s `cache.negative_ttl`;
 * concurrent misses for one credential across processes make one whoami call: the first takes a
@@ -14,8 +15,10 @@ the local `SessionCache` (a local hit never touches Redis):
   subscriber connection per process wakes its waiters; no polling) and read the entry; a lock
   holder that died only delays them until the lock lapses (`ory.timeout`), then they ask whoami;
 * an entry read from Redis is admitted only if no revocation record (`strict.RevocationRecords`)
-  was written for its session or identity after its whoami began, and not against a local
-  tombstone (an eviction this process already applied);
+  was written for its session or identity after its whoami began, its generation is Redis'
+  (one validated before Redis restarted empty, then stored after, is not) and the one this
+  process follows, and not against a local tombstone (an eviction this process already
+  applied);
 * every Redis failure (down, slow past `shared.timeout`, error replies) degrades to what a gate
   without Redis does: its own whoami. Never a refusal.
 """
@@ -37,16 +40,18 @@ from sessiongate.cache import NEGATIVE, CachedSession, SessionCache
 from sessiongate.config import SECRET_ENV, Settings, Shared, shared_secret
 from sessiongate.credentials import Credential
 from sessiongate.shared_redis import Batcher, RedisError, connect, key
-from sessiongate.strict import RevocationRecords
+from sessiongate.strict import RevocationRecords, Stamp
 
 if TYPE_CHECKING:
     from sessiongate.authenticate import Authenticator
 
 log = logging.getLogger("sessiongate.shared")
 
-_VERSION = 1
+_VERSION = 2
 _SESSION, _NEGATIVE = b"S", b"N"
-_HEAD = struct.Struct(">BcdqdHH")  # version, kind, expires_at, epoch, whoami start (wall), lens
+# version, kind, expires_at, epoch, whoami start (wall), lengths of session id, identity id and
+# generation
+_HEAD = struct.Struct(">BcdqdHHH")
 _MAC_BYTES = 32
 _FAILURES = (RedisError, OSError, TimeoutError, asyncio.TimeoutError)
 #: What `validate` returns in strict mode when Redis fails (the caller answers 503).
@@ -67,18 +72,25 @@ def credential_digest(key_digest: bytes, credential: Credential) -> str:
 def encode(entry: CachedSession | None, started_wall: float) -> bytes:
     """An entry's bytes (MAC excluded): a session, or None for a 401."""
     if entry is None:
-        return _HEAD.pack(_VERSION, _NEGATIVE, 0.0, 0, started_wall, 0, 0)
-    sid, iid = entry.session_id.encode(), entry.identity_id.encode()
+        return _HEAD.pack(_VERSION, _NEGATIVE, 0.0, 0, started_wall, 0, 0, 0)
+    sid, iid, gen = entry.session_id.encode(), entry.identity_id.encode(), entry.generation
     head = _HEAD.pack(
-        _VERSION, _SESSION, entry.expires_at, entry.epoch, started_wall, len(sid), len(iid)
+        _VERSION,
+        _SESSION,
+        entry.expires_at,
+        entry.epoch,
+        started_wall,
+        len(sid),
+        len(iid),
+        len(gen),
     )
-    return head + sid + iid + entry.deflated
+    return head + sid + iid + gen + entry.deflated
 
 
 def decode(payload: bytes) -> tuple[CachedSession | None, float]:
     """(entry or None for a 401, when its whoami began); ValueError if not an entry."""
     try:
-        version, kind, expires_at, epoch, started, nsid, niid = _HEAD.unpack_from(payload)
+        version, kind, expires_at, epoch, started, nsid, niid, ngen = _HEAD.unpack_from(payload)
     except struct.error as exc:
         raise ValueError("short entry") from exc
     if version != _VERSION or kind not in (_SESSION, _NEGATIVE):
@@ -87,8 +99,9 @@ def decode(payload: bytes) -> tuple[CachedSession | None, float]:
         return None, started
     at = _HEAD.size
     sid, iid = payload[at : at + nsid].decode(), payload[at + nsid : at + nsid + niid].decode()
-    entry = CachedSession(sid, iid, expires_at, payload[at + nsid + niid :])
-    entry.epoch = epoch
+    at += nsid + niid
+    entry = CachedSession(sid, iid, expires_at, payload[at + ngen :])
+    entry.epoch, entry.generation = epoch, payload[at : at + ngen]
     return entry, started
 
 
@@ -150,7 +163,7 @@ class SharedSessions:
         token = os.urandom(12).hex()
         try:
             try:
-                raw, pttl, epoch, locked = await self._read(entry_key, (lock_key, token))
+                raw, pttl, stamp, locked = await self._read(entry_key, (lock_key, token))
                 self._up()
             except _FAILURES as exc:
                 self._failed(exc)
@@ -158,21 +171,22 @@ class SharedSessions:
                     return UNAVAILABLE
                 # Redis may have taken our lock before the deadline: lead anyway (our whoami),
                 # then store and unlock in the background, so no waiter waits for the lock to lapse
-                return await self._lead(cache_key, entry_key, lock_key, token, digest, 0, ask)
+                return await self._lead(
+                    cache_key, entry_key, lock_key, token, digest, (0, b""), ask
+                )
             found = await self._admit(cache_key, entry_key, raw, pttl)
             if found is not None:
                 if locked:
                     unlock = self._release(lock_key, token, digest, store=None)
                     self._background(unlock, unlock=True)
                 return found
-            epoch = int(epoch or 0)
             if locked:
-                return await self._lead(cache_key, entry_key, lock_key, token, digest, epoch, ask)
+                return await self._lead(cache_key, entry_key, lock_key, token, digest, stamp, ask)
             # another process is asking whoami: wait for its word, at most one lock lifetime
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(woken), self.lock_timeout)
             try:
-                raw, pttl, epoch, _ = await self._read(entry_key)
+                raw, pttl, stamp, _ = await self._read(entry_key)
             except _FAILURES as exc:
                 self._failed(exc)
                 return UNAVAILABLE if self.fail_closed else await ask()
@@ -180,25 +194,29 @@ class SharedSessions:
             if found is not None:
                 return found
             # the holder died, failed, or met Kratos trouble: ask ourselves (and share it)
-            return await self._store_after(cache_key, entry_key, int(epoch or 0), ask)
+            return await self._store_after(cache_key, entry_key, stamp, ask)
         finally:
             if self._waiters.get(digest) is woken:
                 del self._waiters[digest]
 
     async def _read(self, entry_key: str, lock: tuple[str, str] | None = None) -> list[Any]:
-        """One round trip: the entry, its remaining life, the revocation epoch and, given
-        (lock key, token), whether this process took the lock (else None)."""
+        """One round trip: the entry, its remaining life, the revocation stamp (epoch and
+        generation) and, given (lock key, token), whether this process took the lock (else
+        None)."""
 
         def commands(pipe: Any) -> None:
             pipe.get(entry_key)
             pipe.pttl(entry_key)
-            pipe.get(self.records.epoch_key)
+            self.records.stamp_commands(pipe)
             if lock is not None:
                 pipe.set(lock[0], lock[1], nx=True, px=int(self.lock_timeout * 1000))
 
         if lock is not None:
-            return await self._reads.run(commands)
-        return [*await self._reads.run(commands, share=entry_key), None]
+            raw, pttl, generation, epoch, locked = await self._reads.run(commands)
+        else:
+            raw, pttl, generation, epoch = await self._reads.run(commands, share=entry_key)
+            locked = None
+        return [raw, pttl, self.records.stamp_of(generation, epoch), locked]
 
     async def _lead(
         self,
@@ -207,14 +225,14 @@ class SharedSessions:
         lock_key: str,
         token: str,
         digest: str,
-        epoch: int,
+        stamp: Stamp,
         ask: Ask,
     ) -> Any:
         stored: bytes | None = None
         px = 0
         try:
             started = time.time()
-            result = await ask_with_epoch(ask, epoch)
+            result = await ask_stamped(ask, stamp)
             stored, px = self._entry_for(cache_key, result, started)
             return result
         finally:
@@ -223,9 +241,9 @@ class SharedSessions:
                 self._release(lock_key, token, digest, store=(entry_key, stored, px)), unlock=True
             )
 
-    async def _store_after(self, cache_key: bytes, entry_key: str, epoch: int, ask: Ask) -> Any:
+    async def _store_after(self, cache_key: bytes, entry_key: str, stamp: Stamp, ask: Ask) -> Any:
         started = time.time()
-        result = await ask_with_epoch(ask, epoch)
+        result = await ask_stamped(ask, stamp)
         stored, px = self._entry_for(cache_key, result, started)
         if stored is not None:
             self._background(self._store(entry_key, stored, px))
@@ -250,6 +268,8 @@ class SharedSessions:
         if isinstance(result, CachedSession):
             if result.deadline <= now or self.cache.get(cache_key) is not result:
                 return None, 0  # not cacheable (revoked meanwhile, expired, Kratos said no-cache)
+            if not result.generation:
+                return None, 0  # stamped without Redis, or before a generation: provable nowhere
             # the local rule without the degraded mode's cap (revocations.py): a Redis entry is
             # checked against the revocation records whenever it is read
             lifetime = min(self.ttl, result.expires_at - time.time())
@@ -294,6 +314,7 @@ class SharedSessions:
         if entry is None:
             self.cache.put_negative(cache_key)
             return NEGATIVE
+        self.records.tag(entry, self.records.stamp_of(entry.generation, entry.epoch))
         try:
             if not await self.records.still_valid(entry):
                 return None
@@ -383,10 +404,11 @@ class SharedSessions:
             self._listener = None
 
 
-async def ask_with_epoch(ask: Ask, epoch: int) -> Any:
+async def ask_stamped(ask: Ask, stamp: Stamp) -> Any:
     result = await ask()
     if isinstance(result, CachedSession):
-        result.epoch = epoch  # read before whoami was sent: revocations after it count
+        # read before whoami was sent: revocations after it count
+        RevocationRecords.tag(result, stamp)
     return result
 
 

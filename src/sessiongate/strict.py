@@ -1,16 +1,28 @@
 """Revocation records in Redis: what lets a cached session be proven unrevoked in one round trip.
 
 Owns three kinds of keys under `shared.prefix`:
-* `<prefix>:epoch`, a counter bumped (INCR) by every confirmed revocation; a session validated
-  by whoami carries the epoch read *before* its whoami was sent;
+* `<prefix>:epoch`, the counter every confirmed revocation moves forward; a session validated
+  by whoami carries the epoch read *before* its whoami was sent, and the generation read with
+  it (`stamp`);
 * `<prefix>:rev:s:<session id>`: that session was revoked at epoch N (or "open": a revocation
   is being relayed to Kratos right now);
 * `<prefix>:rev:i:<identity id>`, a hash: field `*` (all its sessions) or the id of the one
   session spared (revoke others) → epoch N or "open";
 * `<prefix>:rev:all`: a process' whole cache was cleared (`gate.cache.clear()`) at epoch N.
-A cached entry is still valid when no record concerns it with an epoch above its own, and none is
-open: `still_valid` reads both records in one pipelined call. Records live twice `cache.ttl`
-(at least two minutes) plus `ory.timeout`, longer than any entry that predates them.
+A cached entry is still valid when no record concerns it with an epoch above its own, none is
+open, and Redis still holds the data set its epoch was read from: `still_valid` reads the
+records and `<prefix>:generation` (`revocations.py`) in one pipelined call. Records live twice
+`cache.ttl` (at least two minutes) plus `ory.timeout`, longer than any entry that predates them.
+
+**Redis restarted empty or flushed.** The records go with the data, so what was proven before
+proves nothing after. The generation key goes too (a follower writes a new one), so an entry is
+valid only while the generation read now equals both the one stamped on the entry and the one
+this process' revocation follower trusts (`trusted`, wired by gate.py / middleware.py): a
+mismatch, or no trusted generation yet, is "not provable", a miss (whoami again), never a
+refusal while Redis answers. And epochs never go backwards: `confirm` moves the counter to
+max(counter + 1, Redis' clock in microseconds), so every epoch written after a restart (even
+one that kept an older generation key: an old snapshot, a replica that lagged) is above every
+epoch read before it, as long as Redis' clock does not go back.
 
 `shared.consistency: strict` uses them on every cache hit (`Authenticator`), and the relay
 writes an open record before it relays a revocation to Kratos (`begin`: no record, no relay:
@@ -25,6 +37,7 @@ and raises on Redis trouble: the caller decides (strict: 503, fail closed).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +47,13 @@ from sessiongate.shared_redis import Batcher, key
 
 OPEN = b"open"
 ALL = "*"
+
+#: (epoch, generation) read before a whoami: what `tag` puts on the entry it validates
+Stamp = tuple[int, bytes]
+
+
+def _untrusted() -> bytes | None:
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +73,10 @@ class RevocationRecords:
         self.keep_ms = int(keep * 1000)
         self.epoch_key = key(shared, "epoch")
         self.all_key = key(shared, "rev", "all")
+        self.generation_key = key(shared, "generation")
+        # the generation this process' revocation follower trusts (None: not following)
+        self.trusted: Callable[[], bytes | None] = _untrusted
+        self._generations: dict[bytes, bytes] = {}  # one bytes object per generation seen
         self._confirm = redis.register_script(_CONFIRM)
         self._abort = redis.register_script(_ABORT)
         self._checks = Batcher(redis, self.timeout)  # see `still_valid`
@@ -62,12 +86,33 @@ class RevocationRecords:
             return key(self.shared, "rev", "s", rev.session_id), ""
         return key(self.shared, "rev", "i", rev.identity_id), rev.except_session or ALL
 
-    async def epoch(self) -> int:
+    def stamp_commands(self, pipe: Any) -> None:
+        """The generation, then the epoch. In this order: a flush between the two reads leaves
+        the old generation on the entry (refused later), never a new one on an old epoch."""
+        pipe.get(self.generation_key)
+        pipe.get(self.epoch_key)
+
+    def stamp_of(self, generation: Any, epoch: Any) -> Stamp:
+        """`stamp_commands`' replies as a Stamp (no generation yet: b"", never valid)."""
+        if not generation:
+            return int(epoch or 0), b""
+        if len(self._generations) > 16:
+            self._generations.clear()
+        return int(epoch or 0), self._generations.setdefault(generation, generation)
+
+    async def stamp(self) -> Stamp:
         async with asyncio.timeout(self.timeout):
-            return int(await self.redis.get(self.epoch_key) or 0)
+            pipe = self.redis.pipeline(transaction=False)
+            self.stamp_commands(pipe)
+            return self.stamp_of(*await pipe.execute())
+
+    @staticmethod
+    def tag(entry: CachedSession, stamp: Stamp) -> None:
+        entry.epoch, entry.generation = stamp
 
     async def still_valid(self, entry: CachedSession) -> bool:
-        """No revocation of this session or identity since the entry's whoami: one round trip.
+        """No revocation of this session or identity since the entry's whoami, in the data set
+        it was validated against, which this process still follows: one round trip.
 
         Checks asked for in the same turn of the event loop share that round trip (one
         pipeline, `Batcher`): each is still read after it was asked for, so a revocation
@@ -79,10 +124,14 @@ class RevocationRecords:
             pipe.get(self.all_key)
             pipe.get(key(self.shared, "rev", "s", sid))
             pipe.hgetall(key(self.shared, "rev", "i", iid))
+            # last: a flush after the records were read changes it, so they are not trusted
+            pipe.get(self.generation_key)
 
-        cleared, session_record, identity_records = await self._checks.run(
+        cleared, session_record, identity_records, generation = await self._checks.run(
             commands, share=(sid, iid)
         )
+        if generation is None or generation != entry.generation or generation != self.trusted():
+            return False  # Redis lost (or never had) the records that would prove it
         if cleared is not None and _after(cleared, entry.epoch):
             return False
         return _valid(entry, session_record, identity_records)
@@ -142,8 +191,20 @@ def _after(value: bytes, epoch: int) -> bool:
     return value == OPEN or not value.isdigit() or int(value) > epoch
 
 
+# The counter moves to max(counter + 1, Redis' clock in microseconds): never back, even when
+# Redis lost it (a restart empty: the records of before are gone, entries of before are not).
+# TIME before a write in a script needs effects replication (the default since Redis 5, which
+# streams need anyway; the only kind since 7). Numbers go out as strings ('%d'): Lua's default
+# format would print 1.7e+15.
 _CONFIRM = """
+local now = redis.call('TIME')
 local n = redis.call('INCR', KEYS[1])
+local us = tonumber(now[1]) * 1000000 + tonumber(now[2])
+if us > n then
+  n = us
+  redis.call('SET', KEYS[1], string.format('%d', n))
+end
+n = string.format('%d', n)
 if ARGV[1] == '' then
   redis.call('SET', KEYS[2], n, 'PX', ARGV[2])
 else
