@@ -58,6 +58,7 @@ MAX_HOST = 300  # a DNS name (253) with a port, or a bracketed IPv6 address with
 LOGIN_HEADER = b"x-sessiongate-login"  # deny_browsers: header → where to send the browser
 REMOVE_HEADER = b"x-envoy-auth-headers-to-remove"
 CALLER_MEMO = 4096
+ORIGIN_MEMO = 4096
 
 #: The IANA HTTP Method Registry (RFC 9110 and its extensions), PRI (HTTP/2's preface) aside.
 #: Methods are case-sensitive. Anything else is no request a proxy forwarded: 400.
@@ -119,6 +120,7 @@ class ForwardAuth:
         self.header_mode = fa.deny_browsers == "header"
         self.callers = TrustedProxies(fa.trusted_callers)
         self._caller_memo: dict[str, bool] = {}
+        self._origins: dict[tuple[str, bytes], str | None] = {}
         self.gatekeeper = gatekeeper
         self.cookie_matcher = gatekeeper.cookie_matcher
         self.strip_credentials = settings.upstream.strip_credentials
@@ -267,8 +269,7 @@ class ForwardAuth:
             raise BadInput(f"The original request target is longer than {MAX_TARGET} bytes.")
         if b"#" in target:
             raise BadInput("The original request target must not carry a fragment (#).")
-        host_text = host.decode("ascii")
-        origin = host_origin(scheme, host_text)
+        origin = self._origin(scheme, host)
         if origin is None:
             raise BadInput("The original Host is not a host name or address with a port.")
         raw_path, _, query = target.partition(b"?")
@@ -292,6 +293,19 @@ class ForwardAuth:
             # its own origin, which a proxy stated: return_to names it (when it is allowed)
             original[REQUEST_ORIGIN] = origin
         return original, websocket
+
+    def _origin(self, scheme: str, host: bytes) -> str | None:
+        """`host_origin`, remembered: a proxy sends the same few hosts over and over."""
+        key = (scheme, host)
+        try:
+            return self._origins[key]
+        except KeyError:
+            pass
+        origin = host_origin(scheme, host.decode("ascii"))
+        if len(self._origins) >= ORIGIN_MEMO:
+            self._origins.clear()
+        self._origins[key] = origin
+        return origin
 
     # -- answers ------------------------------------------------------------------------------
     async def _allow(

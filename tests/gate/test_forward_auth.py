@@ -296,6 +296,20 @@ async def test_aal2_required(make_fa, mode):
     assert (await decide(stack, "forwarded", "/a", credential("token", upgraded))).status == 200
 
 
+async def test_a_denials_body_follows_the_calls_method_not_the_originals(make_fa):
+    # Traefik and nginx call with GET whatever the original method: a HEAD original still
+    # gets its body (else the proxy waits for bytes that never come), a HEAD call none
+    stack = make_fa("forwarded")
+    get_call = await call(stack, "/decisions", forwarded("/a", method="HEAD"))
+    assert_herodot(get_call, 401)
+    assert len(get_call.body) == int(get_call.get("content-length")) > 0
+    head_call = await call(stack, "/decisions", forwarded("/a"), method="HEAD")
+    assert head_call.status == 401
+    assert head_call.body == b""
+    bad = await call(stack, "/decisions", forwarded("a", method="HEAD"))
+    assert len(assert_herodot(bad, 400)) > 0
+
+
 async def test_kratos_down_fails_closed_with_retry_after(make_fa):
     stack = make_fa("forwarded")
     alice = stack.fake.login("alice@example.com")  # never asked about: not cached
