@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sessiongate.authenticate")
 
-DenialKind = Literal["anonymous", "aal", "unavailable", "rate_limited", "overloaded"]
+DenialKind = Literal["anonymous", "aal", "unavailable", "rate_limited", "overloaded", "malformed"]
 _FRACTION = re.compile(r"(\.\d{6})\d+")
 
 

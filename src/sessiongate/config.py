@@ -198,8 +198,12 @@ class Ory(_Section):
         return self.admin_url or self.public_url
 
 
+DEFAULT_UPSTREAM_URL = "http://127.0.0.1:8080"
+
+
 class Upstream(_Section):
-    url: str = "http://127.0.0.1:8080"
+    # None only for a decision service (forward_auth on, no app of its own; see Settings)
+    url: str | None = DEFAULT_UPSTREAM_URL
     timeout: Duration = 60.0
     connect_timeout: Duration = 5.0
     max_connections: int = Field(default=256, ge=1, le=100_000)
@@ -244,8 +248,8 @@ class Upstream(_Section):
 
     @field_validator("url")
     @classmethod
-    def _url(cls, v: str) -> str:
-        return _http_url(v, field="upstream.url")
+    def _url(cls, v: str | None) -> str | None:
+        return None if v is None else _http_url(v, field="upstream.url")
 
     @field_validator("body_timeout")
     @classmethod
@@ -416,6 +420,66 @@ class Forwarded(_Section):
             except ValueError as exc:
                 raise ValueError(f"not an IP network: {cidr!r}") from exc
         return v
+
+
+FORWARD_AUTH_SOURCES = {
+    "forwarded": "X-Forwarded-Method, -Proto, -Host and -Uri (Traefik, Caddy, nginx)",
+    "original": "X-Original-Method and X-Original-URL (ingress-nginx)",
+    "path": "the path after forward_auth.path (nginx auth_request, Envoy ext_authz)",
+}
+_DECISION_PATH = re.compile(r"(/[A-Za-z0-9._~-]+)+")
+
+
+class ForwardAuth(_Section):
+    """The decision endpoint for a proxy's auth requests (README, "Behind your proxy")."""
+
+    enabled: bool = False
+    path: str = "/decisions"  # answered, with every path below it; never proxied
+    # which headers name the original request; required when enabled, never a fallback
+    source: Literal["forwarded", "original", "path"] | None = Field(
+        default=None, validate_default=True
+    )
+    # who may ask: the TCP peer, never a header (default: loopback only)
+    trusted_callers: list[str] = Field(default_factory=lambda: ["127.0.0.0/8", "::1"])
+    deny_browsers: Literal["redirect", "header"] = "redirect"
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        v = v.rstrip("/")
+        if not _DECISION_PATH.fullmatch(v) or any(seg in (".", "..") for seg in v.split("/")):
+            raise ValueError(
+                f"a path such as /decisions: starts with '/', segments of A-Z a-z 0-9 . _ ~ -, "
+                f"no dot segments, got {v or '/'!r}"
+            )
+        return v
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is None and info.data.get("enabled"):
+            choices = "; ".join(f"{k}: {d}" for k, d in FORWARD_AUTH_SOURCES.items())
+            raise ValueError(
+                f"required when forward_auth.enabled is true; one of {choices}. The gate reads "
+                f"the original request from that family only"
+            )
+        return v
+
+    @field_validator("trusted_callers")
+    @classmethod
+    def _cidrs(cls, v: list[str]) -> list[str]:
+        for cidr in v:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"not an IP network: {cidr!r}") from exc
+        return v
+
+    def collides_with(self, owned: str) -> bool:
+        """The decision path and a path the gate owns for something else overlap (one is
+        the other, or lies below it)."""
+        a, b = self.path + "/", owned.rstrip("/") + "/"
+        return a.startswith(b) or b.startswith(a)
 
 
 #: Session fields an admin rule may read by default: set by Kratos or the operator, not the user.
@@ -623,6 +687,7 @@ class Settings(_Section):
     sessions_api: SessionsApi = Field(default_factory=SessionsApi)
     cors: Cors = Field(default_factory=Cors)
     shared: Shared = Field(default_factory=Shared)
+    forward_auth: ForwardAuth = Field(default_factory=ForwardAuth)
     log_level: str = "info"
 
     @field_validator("public_url")
@@ -668,6 +733,33 @@ class Settings(_Section):
 
     @model_validator(mode="before")
     @classmethod
+    def _decision_service_needs_no_app(cls, data: Any) -> Any:
+        """forward_auth on and `upstream.url` not given: a decision service, no app behind it."""
+        if not isinstance(data, dict):
+            return data
+        section, upstream = data.get("forward_auth"), data.get("upstream")
+        try:
+            enabled = (
+                section.enabled
+                if isinstance(section, ForwardAuth)
+                else isinstance(section, dict) and ForwardAuth.model_validate(section).enabled
+            )
+        except ValidationError:
+            return data  # the section's own validation reports it
+        if not enabled:
+            return data
+        if isinstance(upstream, Upstream):
+            if "url" in upstream.model_fields_set:
+                return data
+            upstream = upstream.model_dump(exclude_unset=True)
+        if upstream is None:
+            upstream = {}
+        if not isinstance(upstream, dict) or "url" in upstream:
+            return data
+        return {**data, "upstream": {**upstream, "url": None}}
+
+    @model_validator(mode="before")
+    @classmethod
     def _default_login_url(cls, data: Any) -> Any:
         """`access.login_url` unset: Kratos' browser login at `ory.public_url`."""
         if not isinstance(data, dict):
@@ -698,6 +790,7 @@ class Settings(_Section):
     @model_validator(mode="after")
     def _cross(self) -> Settings:
         self._login_url_is_not_protected()
+        self._forward_auth_fits()
         if self.session_header and self.session_header.lower().replace("_", "-") in {
             n.lower().replace("_", "-") for n in self.identity_headers
         }:
@@ -720,6 +813,27 @@ class Settings(_Section):
                     origin_of(f"http://[{name}]:{port}" if ":" in name else f"http://{name}:{port}")
                 )
         return origins
+
+    def _forward_auth_fits(self) -> None:
+        """A decision path that does not shadow the gate's own routes; an app unless the gate
+        is only a decision service. (Messages start with their key path: see _format_errors.)"""
+        fa = self.forward_auth
+        if self.upstream.url is None and not fa.enabled:
+            raise ValueError(
+                "upstream.url: required: the URL of the protected app (only a decision "
+                "service, forward_auth.enabled: true, may go without one)"
+            )
+        if not fa.enabled:
+            return
+        prefix = self.sessions_api.prefix
+        owned = [f"{prefix}/sessions", f"{prefix}/self-service", f"{prefix}/admin", "/health"]
+        for path in owned:
+            if fa.collides_with(path):
+                raise ValueError(
+                    f"forward_auth.path: {fa.path!r} overlaps {path!r}, which the gate answers "
+                    f"itself (relay routes under sessions_api.prefix, /health/*); pick another, "
+                    f"e.g. /decisions"
+                )
 
     def _login_url_is_not_protected(self) -> None:
         """A login page behind the gate itself sends a browser to log in, forever."""
@@ -805,11 +919,16 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+_KEYED_MESSAGE = re.compile(r"([a-z_]+(?:\.[a-z_]+)+): (.*)", re.DOTALL)
+
+
 def _format_errors(err: ValidationError) -> list[str]:
     problems = []
     for item in err.errors():
         loc = ".".join(str(p) for p in item["loc"]) or "(top level)"
         msg = item["msg"].removeprefix("Value error, ")
+        if not item["loc"] and (keyed := _KEYED_MESSAGE.match(msg)):
+            loc, msg = keyed.group(1), keyed.group(2)  # a cross-section check names its key
         if item["type"] == "extra_forbidden":
             msg = "unknown key"
             if loc.endswith("api_key"):
@@ -896,6 +1015,12 @@ def config_warnings(settings: Settings) -> list[str]:
             "public_url: not set, so each request's Host header decides the origin used for "
             "return_to and for URLs the relay rewrites; set it to the gate's external URL"
         )
+    for cidr in settings.forward_auth.trusted_callers if settings.forward_auth.enabled else ():
+        if ipaddress.ip_network(cidr, strict=False).prefixlen == 0:
+            out.append(
+                f"forward_auth.trusted_callers: {cidr!r} lets any address ask for decisions "
+                f"(and learn whose sessions are valid); list your proxies' addresses"
+            )
     for glob in settings.access.public_paths:
         if glob.endswith("/*"):
             out.append(

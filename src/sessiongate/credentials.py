@@ -20,6 +20,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import re
+from collections.abc import Callable
 from typing import Literal, NamedTuple
 
 RawHeaders = list[tuple[bytes, bytes]]
@@ -120,6 +121,24 @@ def _cookie_pairs(header: bytes) -> list[tuple[bytes, bytes]]:
 def iter_cookies(header: bytes) -> list[tuple[str, str]]:
     """Cookie header → (name, value) pairs in order; undecodable bytes are kept as latin-1."""
     return [(n.decode("latin-1"), v.decode("latin-1")) for n, v in _cookie_pairs(header)]
+
+
+def without_session_cookies(value: str, is_session_cookie: Callable[[str], bool]) -> str:
+    """A Cookie header minus every session cookie (what the app may see); the other cookies
+    stay byte for byte (quotes too). Empty when nothing else is left."""
+    return "; ".join(
+        part.strip()
+        for part in value.split(";")
+        if part.strip() and not is_session_cookie(part.split("=", 1)[0].strip())
+    )
+
+
+def is_bearer(authorization: bytes) -> bool:
+    """An `Authorization: Bearer` value. Every Bearer is a credential the app must not see,
+    even one the gate did not use (a cookie won): it can only be an Ory session token or a
+    credential the app must not receive from a client."""
+    scheme = authorization.split(None, 1)
+    return bool(scheme) and scheme[0].lower() == b"bearer"
 
 
 _CREDENTIAL_HEADERS = frozenset({b"x-session-token", b"cookie", b"authorization"})

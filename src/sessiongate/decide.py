@@ -30,6 +30,17 @@ _HTTP_SCHEME = {"ws": "http", "wss": "https"}  # a WebSocket's origin is its HTT
 _HOST = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$")
 
 
+def host_origin(scheme: str, host: str) -> str | None:
+    """`scheme://host[:port]` for a well-formed Host value (`name[:port]`, `[v6][:port]`), else
+    None: no userinfo, path, list or stray character can become part of an origin."""
+    if not _HOST.match(host):
+        return None
+    try:
+        return origin_of(f"{scheme}://{host}")
+    except ValueError:  # port > 65535, bracketed non-IPv6 such as [fff]
+        return None
+
+
 class Decider:
     def __init__(self, settings: Settings) -> None:
         self.public_globs = tuple(settings.access.public_paths)
@@ -99,13 +110,7 @@ class Decider:
             return self.own_origin
         for name, value in headers:
             if name == b"host":
-                host = value.decode("latin-1")
-                if _HOST.match(host):
-                    try:
-                        return origin_of(f"{scheme}://{host}")
-                    except ValueError:  # port > 65535, bracketed non-IPv6 such as [fff]
-                        return None
-                return None
+                return host_origin(scheme, value.decode("latin-1"))
         return None
 
     def is_same_or_allowed_origin(self, scope: dict, is_allowed: Callable[[str], bool]) -> bool:

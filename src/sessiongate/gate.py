@@ -4,7 +4,9 @@ Reads like the request's path: CORS (Starlette's middleware: preflights are answ
 any authentication; under `cors.apply_to: sessions` only the relay's and the gate's own, the
 app's go to the app), a 400 unless there is exactly one Host header, the gate's own health
 endpoints (readiness cached for a second), the session relay routes, then the `Gatekeeper`
-(credential → cache/whoami → decision → identity headers) and the `UpstreamProxy`.
+(credential → cache/whoami → decision → identity headers) and the `UpstreamProxy`. With
+`forward_auth.enabled`, `ForwardAuth` answers its decision path before all of that; without
+`upstream.url` (a decision service only) every other app path is a 404.
 Long-lived clients are opened on first use and closed on lifespan shutdown (or `aclose()`).
 """
 
@@ -28,6 +30,7 @@ from sessiongate.config import (
     runtime_problems,
 )
 from sessiongate.decide import Decider
+from sessiongate.forward_auth import ForwardAuth
 from sessiongate.gatekeeper import Gatekeeper
 from sessiongate.kratos import KratosClient
 from sessiongate.proxy import UpstreamProxy
@@ -74,25 +77,10 @@ class Gate:
             transport=kratos_transport,
         )
         self.gatekeeper = Gatekeeper(settings, self.kratos)
-        matcher = self.gatekeeper.cookie_matcher
-        self.proxy = UpstreamProxy(
-            settings.upstream.url,
-            timeout=settings.upstream.timeout,
-            connect_timeout=settings.upstream.connect_timeout,
-            max_connections=settings.upstream.max_connections,
-            trusted_proxies=settings.forwarded.trusted_proxies,
-            strip_cookie=matcher if settings.upstream.strip_credentials else None,
-            strip_tokens=settings.upstream.strip_credentials,
-            public_url=settings.public_url,
-            strip_cors_headers=settings.cors.enabled and settings.cors.apply_to == "all",
-            protected_headers=settings.spoofable_headers(),
-            pool_timeout=settings.upstream.pool_timeout,
-            max_connections_per_client=settings.upstream.max_connections_per_client,
-            max_streaming_uploads=settings.upstream.max_streaming_uploads,
-            max_websockets=settings.upstream.max_websockets,
-            max_long_responses=settings.upstream.max_long_responses,
-            body_timeout=settings.upstream.body_timeout,
-            buffer_request_body=settings.upstream.buffer_request_body,
+        self.proxy = (
+            None  # a decision service (forward_auth) with no app of its own
+            if settings.upstream.url is None
+            else self._upstream_proxy(settings)
         )
         gk = self.gatekeeper
         self.websockets = WebSocketGuard(
@@ -129,6 +117,18 @@ class Gate:
             if os.environ.get(TAG_WORKER_ENV)
             else None
         )
+        # forward auth (forward_auth.py): its path answered before anything else, CORS included
+        # (the callers are proxies); off, requests go straight on
+        fa = settings.forward_auth
+        self.decisions = (
+            ForwardAuth(self._requests, settings, gk, refuses_origin=self.websockets.refuses_origin)
+            if fa.enabled
+            else None
+        )
+        self._entry = self.decisions or self._requests
+        self._no_app = (
+            f"This gate has no app behind it; it answers forward-auth decisions at {fa.path}."
+        )
         cors = settings.cors
         self.cors_all = cors.apply_to == "all"
         # only then does the app answer its own preflights; with CORS off an OPTIONS is an
@@ -149,6 +149,29 @@ class Gate:
             else None
         )
 
+    def _upstream_proxy(self, settings: Settings) -> UpstreamProxy:
+        assert settings.upstream.url is not None
+        matcher = self.gatekeeper.cookie_matcher
+        return UpstreamProxy(
+            settings.upstream.url,
+            timeout=settings.upstream.timeout,
+            connect_timeout=settings.upstream.connect_timeout,
+            max_connections=settings.upstream.max_connections,
+            trusted_proxies=settings.forwarded.trusted_proxies,
+            strip_cookie=matcher if settings.upstream.strip_credentials else None,
+            strip_tokens=settings.upstream.strip_credentials,
+            public_url=settings.public_url,
+            strip_cors_headers=settings.cors.enabled and settings.cors.apply_to == "all",
+            protected_headers=settings.spoofable_headers(),
+            pool_timeout=settings.upstream.pool_timeout,
+            max_connections_per_client=settings.upstream.max_connections_per_client,
+            max_streaming_uploads=settings.upstream.max_streaming_uploads,
+            max_websockets=settings.upstream.max_websockets,
+            max_long_responses=settings.upstream.max_long_responses,
+            body_timeout=settings.upstream.body_timeout,
+            buffer_request_body=settings.upstream.buffer_request_body,
+        )
+
     @property
     def cache(self):  # type: ignore[no-untyped-def]
         """The session cache: `evict_session(id)`, `evict_identity(id)`, `clear()`."""
@@ -161,6 +184,14 @@ class Gate:
             self.revocations.start()  # type: ignore[union-attr]
         if self._worker_tag is not None and kind == "http":
             send = _tagged(send, self._worker_tag)
+        if kind == "lifespan":
+            await self._lifespan(receive, send)
+        else:
+            await self._entry(scope, receive, send)
+
+    async def _requests(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """HTTP requests and WebSockets (after the decision endpoint, when it is on)."""
+        kind = scope["type"]
         if kind == "http":
             if self.cors is None or (not self.cors_all and self._app_preflight(scope)):
                 await self._http(scope, receive, send)
@@ -171,8 +202,6 @@ class Gate:
             await self.cors(scope, receive, send)
         elif kind == "websocket":
             await self._websocket(scope, receive, send)
-        elif kind == "lifespan":
-            await self._lifespan(receive, send)
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         guard = self.websockets
@@ -181,18 +210,22 @@ class Gate:
             # WebSocket hijacking: closed before accept, the server answers 403
             await send({"type": "websocket.close", "code": 1008})
             return
+        proxy = self.proxy
+        if proxy is None:  # a decision service: no app to relay a socket to
+            await send({"type": "websocket.close", "code": 1008})
+            return
         admitted = await self.gatekeeper.check(scope, send)
         if admitted is None:
             return
         # WebSockets have their own budget, apart from the HTTP requests' connections
-        limits = self.proxy.limits
+        limits = proxy.limits
         client = await limits.admit_websocket(scope, send)
         if client is None:
             return
         watch = guard.watch(scope, admitted.session)
         try:
             ended = watch.ended if watch is not None else None
-            await self.proxy.websocket(scope, receive, send, admitted.headers, ended)
+            await proxy.websocket(scope, receive, send, admitted.headers, ended)
         finally:
             limits.release_websocket(client)
             if watch is not None:
@@ -212,17 +245,21 @@ class Gate:
         if self.relay is not None and self.relay.matches(path):
             await self.relay(scope, receive, send)
             return
+        proxy = self.proxy
+        if proxy is None:
+            await send_error(send, 404, reason=self._no_app)
+            return
         gatekeeper = self.gatekeeper
         if self.app_preflights and Decider.is_preflight(scope["method"], scope["headers"]):
             # `apply_to: sessions` and not the relay's (see `_app_preflight`): the app answers
             # its own preflights, which browsers send without credentials.
             headers = gatekeeper.identity.strip(scope["headers"])
-            await self.proxy.forward(scope, receive, scope.get(RAW_SEND, send), headers)
+            await proxy.forward(scope, receive, scope.get(RAW_SEND, send), headers)
             return
         admitted = gatekeeper.quick(scope) or await gatekeeper.check(scope, send)
         if admitted is not None:
             # the app's answer bypasses CORS (apply_to: sessions); the proxy's own errors do not
-            await self.proxy.forward(
+            await proxy.forward(
                 scope, receive, scope.get(RAW_SEND, send), admitted.headers, error_send=send
             )
 
@@ -281,7 +318,15 @@ class Gate:
                 if self._start_shared:
                     self._start_shared = False
                     self.revocations.start()  # type: ignore[union-attr]
-                log.info("sessiongate started: upstream %s", self.settings.upstream.url)
+                settings = self.settings
+                if settings.upstream.url is not None:
+                    log.info("sessiongate started: upstream %s", settings.upstream.url)
+                if self.decisions is not None:
+                    log.info(
+                        "sessiongate started: forward-auth decisions at %s (source: %s)",
+                        settings.forward_auth.path,
+                        settings.forward_auth.source,
+                    )
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.aclose()
@@ -292,7 +337,8 @@ class Gate:
     async def aclose(self) -> None:
         if self.revocations is not None:
             await self.revocations.aclose()
-        await self.proxy.aclose()
+        if self.proxy is not None:
+            await self.proxy.aclose()
         await self.kratos.aclose()
         await self.gatekeeper.aclose()
 

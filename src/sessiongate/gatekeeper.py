@@ -1,11 +1,13 @@
-"""Stages 1-4 for one request, shared by the proxy and the middleware.
+"""Stages 1-4 for one request, shared by the proxy, the middleware and forward auth.
 
 `Gatekeeper.quick(scope)` is the cache-hit path (no await, no parsing: a memo maps a digest of
 the client's credential headers to its cache key). `Gatekeeper.check(scope, send)` either
-answers the request itself (login redirect, 401, 403, 429, 503) and returns None, or returns a
-`Pass`: the validated session (None on a public path) and the request headers to hand on: the
-client's headers minus every spoofable variant of the gate's identity headers, plus the
-identity headers computed for that session.
+answers the request itself (login redirect, 400, 401, 403, 429, 503) and returns None, or
+returns a `Pass`: the validated session (None on a public path) and the request headers to hand
+on: the client's headers minus every spoofable variant of the gate's identity headers, plus the
+identity headers computed for that session. `judge(scope)` decides without answering (a `Pass`
+or a `Denial`), `answer_denial` answers a `Denial`, `browser_redirect` says where a browser
+would be sent instead.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ log = logging.getLogger("sessiongate")
 RawHeaders = list[tuple[bytes, bytes]]
 
 WWW_AUTHENTICATE = (b"www-authenticate", b'Bearer realm="sessiongate"')
+#: Scope key: the origin the request was made to, when it is not the gate's (forward auth)
+REQUEST_ORIGIN = "sessiongate.request_origin"
 FINGERPRINT_MEMO = 16_384
 
 
@@ -88,6 +92,14 @@ class Gatekeeper:
 
     async def check(self, scope: Scope, send: Send) -> Pass | None:
         """`quick`, else the full decision (whoami on a cache miss); answers denials itself."""
+        result = await self.judge(scope)
+        if isinstance(result, Pass):
+            return result
+        await self.answer_denial(scope, send, result)
+        return None
+
+    async def judge(self, scope: Scope) -> Pass | Denial:
+        """The full decision, answering nothing: a `Pass`, or the `Denial` to answer."""
         admitted = self.quick(scope)
         if admitted is not None:
             return admitted
@@ -96,8 +108,7 @@ class Gatekeeper:
         try:
             credential = find_credential(headers, self.cookie_matcher)
         except MalformedCredential as exc:
-            await self._deny(scope, send, 400, str(exc).capitalize() + ".")
-            return None
+            return Denial("malformed", str(exc).capitalize() + ".")
         if credential is not None and fingerprint is not None:
             if len(self._keys_by_fingerprint) >= FINGERPRINT_MEMO:
                 self._keys_by_fingerprint.clear()
@@ -112,8 +123,7 @@ class Gatekeeper:
             forwarded = self.identity.strip(headers)
             forwarded.extend(result.identity_headers)
             return Pass(result, forwarded)
-        await self.answer_denial(scope, send, result)
-        return None
+        return result
 
     async def aclose(self) -> None:
         if self.authenticator.shared is not None:
@@ -121,36 +131,43 @@ class Gatekeeper:
         for client in self.shared_clients:
             await client.aclose()
 
-    async def answer_denial(self, scope: Scope, send: Send, denial: Denial) -> None:
+    def browser_redirect(self, scope: Scope, denial: Denial) -> str | None:
+        """Where a browser navigation is sent instead of this denial (the login page, or
+        Kratos' aal2 login, with `return_to`), or None: the denial is answered as is."""
+        if denial.kind not in ("anonymous", "aal") or scope["type"] != "http":
+            return None
+        if not self.decider.is_browser_navigation(scope.get("method", "GET"), scope["headers"]):
+            return None
+        if denial.kind == "anonymous":
+            return self._login_redirect(scope)
+        return self._with_return_to(scope, denial.redirect_browser_to)
+
+    async def answer_denial(
+        self, scope: Scope, send: Send, denial: Denial, *, head: bool | None = None
+    ) -> None:
+        """Answer `denial` for this request. `head`: whether the answer goes without a body,
+        when that is not the request's own method (a decision answers the proxy's call)."""
+        location = self.browser_redirect(scope, denial)
+        if location is not None:
+            await send_redirect(send, location)
+            return
         kind = denial.kind
-        browser = self.decider.is_browser_navigation(scope.get("method", "GET"), scope["headers"])
         if kind == "anonymous":
-            if browser and scope["type"] == "http":
-                await send_redirect(send, self._login_redirect(scope))
-            else:
-                await self._deny(scope, send, 401, denial.reason, extra=[WWW_AUTHENTICATE])
+            await self._deny(scope, send, 401, denial.reason, extra=[WWW_AUTHENTICATE], head=head)
         elif kind == "aal":
-            if browser and scope["type"] == "http":
-                await send_redirect(send, self._with_return_to(scope, denial.redirect_browser_to))
-            else:
-                await self._deny(
-                    scope, send, 403, body=denial.body, error_id="session_aal2_required"
-                )
-        elif kind == "rate_limited":
             await self._deny(
-                scope,
-                send,
-                429,
-                denial.reason,
-                extra=[(b"retry-after", denial.retry_after.encode("latin-1"))],
+                scope, send, 403, body=denial.body, error_id="session_aal2_required", head=head
             )
-        else:  # unavailable, overloaded: fail closed
+        elif kind == "malformed":
+            await self._deny(scope, send, 400, denial.reason, head=head)
+        else:  # rate_limited: 429; unavailable, overloaded: 503 (fail closed)
             await self._deny(
                 scope,
                 send,
-                503,
+                429 if kind == "rate_limited" else 503,
                 denial.reason,
                 extra=[(b"retry-after", denial.retry_after.encode("latin-1"))],
+                head=head,
             )
 
     async def _deny(
@@ -163,6 +180,7 @@ class Gatekeeper:
         extra: RawHeaders | None = None,
         body: bytes | None = None,
         error_id: str = "",
+        head: bool | None = None,
     ) -> None:
         if scope["type"] == "websocket":
             # Before accept, a close makes the server answer the handshake with 403.
@@ -175,7 +193,7 @@ class Gatekeeper:
             error_id=error_id,
             headers=extra,
             body=body,
-            head=scope.get("method") == "HEAD",
+            head=scope.get("method") == "HEAD" if head is None else head,
         )
 
     def _login_redirect(self, scope: Scope) -> str:
@@ -185,6 +203,8 @@ class Gatekeeper:
         origin = self.decider.origin(scope.get("scheme", "http"), scope["headers"])
         if origin is None:
             return target
-        original = self.decider.original_url(scope, origin)
+        # a forward-auth decision knows the original request's own origin (its proxy said
+        # so); safe_return_to still admits only the gate's origin or allowed ones
+        original = self.decider.original_url(scope, scope.get(REQUEST_ORIGIN) or origin)
         return_to = safe_return_to(original, origin, self.decider.allowed_return_to)
         return with_query(target, return_to=return_to) if return_to else target

@@ -32,6 +32,7 @@ from starlette.types import Message, Receive, Scope, Send
 from yarl import URL
 
 from sessiongate.client_address import TrustedProxies
+from sessiongate.credentials import is_bearer, without_session_cookies
 from sessiongate.responses import send_error
 from sessiongate.upstream_limits import RETRY_AFTER, UpstreamLimits
 
@@ -333,19 +334,11 @@ class UpstreamProxy:
                 if self.strip_cookie is None:
                     out.append(("cookie", value.decode("latin-1")))
                     continue
-                # drop only the session cookie; the others stay byte for byte (quotes too)
-                kept = [
-                    part.strip()
-                    for part in value.decode("latin-1").split(";")
-                    if part.strip() and not self.strip_cookie(part.split("=", 1)[0].strip())
-                ]
+                kept = without_session_cookies(value.decode("latin-1"), self.strip_cookie)
                 if kept:
-                    out.append(("cookie", "; ".join(kept)))
+                    out.append(("cookie", kept))
             elif name == b"authorization":
-                # every Bearer, even one the gate did not use (a cookie won): it can only be an
-                # Ory session token or a credential the app must not receive from a client
-                scheme = value.split(None, 1)
-                if not scheme or scheme[0].lower() != b"bearer":
+                if not is_bearer(value):
                     out.append(("authorization", value.decode("latin-1")))
             elif name == b"x-session-token":
                 continue  # every one of them, the one the gate used and any duplicate

@@ -11,13 +11,18 @@ tests/gate and tests/relay:
   `UpstreamProxy.response_headers`): no CR/LF/NUL in anything sent on, no spelling of an
   identity header survives, the app sees exactly the gate's identity and forwarding headers;
 * `safe_return_to`: None, or a URL on the gate's own or an allowed origin (and stable);
-* relay_rewrite's `rewrite_link`/`rewrite_url`: only Kratos' URLs move, and only onto the gate.
+* relay_rewrite's `rewrite_link`/`rewrite_url`: only Kratos' URLs move, and only onto the gate;
+* forward auth's decision endpoint (`ForwardAuth`, in a gate with an in-process Kratos fake):
+  for any original-request headers, call path, method and Host, never an exception (a 500)
+  and never a 200 without a valid credential unless the family's own header names a public
+  path; an identity header only for the valid session, and no CR/LF/NUL in any answer header.
 
 Runs are reproducible (`derandomize=True`, no example database) and small (300 examples).
 """
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import ipaddress
 import json
@@ -27,6 +32,7 @@ from functools import cache
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
+import httpx
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -47,6 +53,7 @@ from sessiongate.identity_headers import KEEP_MEMO, IdentityHeaders, canonical, 
 from sessiongate.proxy import HOP_BY_HOP, UpstreamProxy
 from sessiongate.redirects import safe_return_to
 from sessiongate.relay_rewrite import UrlRewriter
+from sessiongate.testing import KratosFake
 
 RawHeaders = list[tuple[bytes, bytes]]
 
@@ -895,3 +902,225 @@ def test_rewrite_never_moves_a_kratos_url_off_the_gate(kratos: str, host: bytes,
     out = gate.relay.rewriter.rewrite_url(KRATOS_PUBLIC + url, scope)
     base = "https://gate.example.com" if host else ""
     assert out == KRATOS_PUBLIC + url or _on_the_gate(out, base), out
+
+
+# -- forward auth: whatever a proxy (or a client through it) sends --------------------------------
+
+FA_FAKE = KratosFake()
+FA_ALICE = FA_FAKE.login("alice@example.com")
+FA_LOOP = asyncio.new_event_loop()
+FA_URI_HEADER = {"forwarded": b"x-forwarded-uri", "original": b"x-original-url"}
+FA_NAMES = [
+    b"x-forwarded-method",
+    b"x-forwarded-proto",
+    b"x-forwarded-host",
+    b"x-forwarded-uri",
+    b"x-original-method",
+    b"x-original-url",
+]
+
+
+@cache
+def _fa_gate(source: str) -> Gate:
+    settings = Settings.model_validate(
+        {
+            "ory": {"public_url": FA_FAKE.public_url},
+            "forward_auth": {"enabled": True, "source": source},
+            "access": {"public_paths": ["/health/**", "/public/**"]},
+        }
+    )
+    return Gate(settings, kratos_transport=httpx.ASGITransport(app=FA_FAKE))
+
+
+fa_values = st.one_of(
+    st.sampled_from(
+        [
+            b"GET",
+            b"POST",
+            b"HEAD",
+            b"get",
+            b"BREW",
+            b"https",
+            b"http",
+            b"wss",
+            b"https, http",
+            b"app.example.com",
+            b"app.example.com:8443",
+            b"[::1]:99999",
+            b"user@app.example.com",
+            b"/a?b=1",
+            b"/public/a",
+            b"/public/../a",
+            b"/public/%2e%2e/a",
+            b"/public/a#x",
+            b"//public/a",
+            b"*",
+            b"",
+            b"https://app.example.com/public/a",
+            b"https://app.example.com/a",
+            b"https://app.example.com",
+            b"https://app.example.com?x",
+            b"//app.example.com/public/a",
+            b"/public/a\r\nX-User-Id: admin",
+            b"/public/a\x00",
+            b"/public/\xc0\xae\xc0\xae/a",
+            b"/" + b"a" * 9000,
+        ]
+    ),
+    st.binary(max_size=40),
+    st.text(alphabet=string.printable, max_size=40).map(str.encode),
+)
+fa_uris = st.sampled_from(
+    [
+        b"/a?b=1",
+        b"/public/a",
+        b"/public/a?x=/../b",
+        b"/public/../a",
+        b"/public/%2e%2e/a",
+        b"/public/a%2f..%2f..%2fb",
+        b"//public/a",
+        b"/public",
+        b"/publicx/a",
+        b"/PUBLIC/a",
+        b"/public/a;x=1",
+        b"/public/%ef%bc%8f..",
+        b"/public/\xef\xbc\x8fa",
+    ]
+)
+
+
+@st.composite
+def fa_headers(draw: st.DrawFn) -> RawHeaders:
+    """The six family headers, each mostly well-formed (so that judging is reached), else
+    absent, junk, or sent twice; in any order."""
+    uri = draw(fa_uris)
+    good = {
+        b"x-forwarded-method": draw(st.sampled_from([b"GET", b"POST", b"HEAD"])),
+        b"x-forwarded-proto": draw(st.sampled_from([b"https", b"http", b"wss"])),
+        b"x-forwarded-host": draw(st.sampled_from([b"app.example.com", b"app.example.com:8443"])),
+        b"x-forwarded-uri": uri,
+        b"x-original-method": draw(st.sampled_from([b"GET", b"DELETE"])),
+        b"x-original-url": b"https://app.example.com" + uri,
+    }
+    out: RawHeaders = []
+    for name in FA_NAMES:
+        choice = draw(st.sampled_from(["good"] * 8 + ["none", "junk", "twice"]))
+        if choice == "good":
+            out.append((name, good[name]))
+        elif choice == "junk":
+            out.append((name, draw(fa_values)))
+        elif choice == "twice":
+            out += [(name, good[name]), (name, draw(st.one_of(st.just(good[name]), fa_values)))]
+    return draw(st.permutations(out))
+
+
+fa_credentials = st.sampled_from(["none", "token", "cookie", "bearer", "junk"])
+fa_call_paths = st.one_of(
+    fa_uris,
+    fa_uris,
+    st.sampled_from([b"", b"/", b"%2Fpublic/a", b"/public/a%00", b"/public/a#b"]),
+    st.binary(max_size=30),
+).map(lambda rest: b"/decisions" + rest)
+
+
+def _fa_credential(kind: str) -> RawHeaders:
+    if kind == "token":
+        return [(b"x-session-token", FA_ALICE.token.encode())]
+    if kind == "cookie":
+        return [(b"cookie", f"a=1; ory_kratos_session={FA_ALICE.cookie}".encode())]
+    if kind == "bearer":
+        return [(b"authorization", f"Bearer {FA_ALICE.token}".encode())]
+    if kind == "junk":
+        return [(b"x-session-token", b"ory_st_junk")]
+    return []
+
+
+async def _fa_call(gate: Gate, scope: dict[str, Any]) -> tuple[int, RawHeaders]:
+    messages: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        messages.append(message)
+
+    await gate(scope, receive, send)
+    start = messages[0]
+    assert start["type"] == "http.response.start"
+    return start["status"], list(start["headers"])
+
+
+@PROPS
+@given(
+    source=st.sampled_from(["forwarded", "original", "path"]),
+    family=fa_headers(),
+    kind=fa_credentials,
+    raw_path=fa_call_paths,
+    method=st.sampled_from(["GET", "GET", "HEAD", "POST", "BREW", "get"]),
+    hosts=st.one_of(st.just([b"app.example.com"]), st.lists(fa_values, max_size=2)),
+    accept_html=st.booleans(),
+)
+@example(  # the family's own header names a public path: allowed without a session
+    source="forwarded",
+    family=[
+        (b"x-forwarded-method", b"GET"),
+        (b"x-forwarded-proto", b"https"),
+        (b"x-forwarded-host", b"app.example.com"),
+        (b"x-forwarded-uri", b"/public/a"),
+    ],
+    kind="none",
+    raw_path=b"/decisions",
+    method="GET",
+    hosts=[b"gate"],
+    accept_html=False,
+)
+def test_forward_auth_never_errs_and_never_allows_without_a_session(
+    source: str,
+    family: RawHeaders,
+    kind: str,
+    raw_path: bytes,
+    method: str,
+    hosts: list[bytes],
+    accept_html: bool,
+):
+    gate = _fa_gate(source)
+    headers: RawHeaders = [(b"host", h) for h in hosts] + family + _fa_credential(kind)
+    if accept_html:
+        headers.append((b"accept", b"text/html"))
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": unquote(raw_path.decode("latin-1")),
+        "raw_path": raw_path,
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 40000),
+        "server": ("127.0.0.1", 4455),
+    }
+    status, answer = FA_LOOP.run_until_complete(_fa_call(gate, scope))
+    assert status in (200, 303, 400, 401, 403, 404), status  # 404: not the decision path
+    for name, value in answer:
+        assert _clean_bytes(name), name
+        assert _clean_bytes(value), (name, value)
+    identity = [v for n, v in answer if n == b"x-user-id"]
+    valid = kind in ("token", "cookie", "bearer")
+    if status != 200:
+        assert identity == []
+        return
+    if identity:
+        assert valid
+        assert identity == [FA_ALICE.identity_id.encode()]
+        return
+    # allowed without an identity: only a public path, named by the family's own header
+    if source == "path":
+        named = [raw_path[len(b"/decisions") :]]
+    else:
+        named = [v for n, v in family if n == FA_URI_HEADER[source]]
+        if source == "original":
+            named = [urlsplit(v.decode("latin-1")).path.encode("latin-1") for v in named]
+    assert named, (source, family)
+    assert all(v.startswith(b"/public/") for v in named), named
