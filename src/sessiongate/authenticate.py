@@ -107,13 +107,11 @@ class Authenticator:
             shared = await asyncio.shield(future)
             # A waiter may have arrived after the session was revoked through the gate while
             # the shared whoami (sent before) was in flight: that answer is stale for it.
-            if isinstance(shared, CachedSession) and self.cache.revoked_since(
-                shared.session_id, shared.identity_id, leader_started
-            ):
-                if self.cache.revoked_since(
-                    shared.session_id, shared.identity_id, leader_started, cleared=False
-                ):
-                    return ANONYMOUS
+            if not isinstance(shared, CachedSession):
+                return shared
+            if self.cache.revoked_since(shared.session_id, shared.identity_id, leader_started):
+                return ANONYMOUS
+            if self.cache.cleared_since(leader_started):
                 # Only a clear() since (the shared mode drops the cache when Redis is lost):
                 # no revocation, yet that answer is not trusted either. Ask again (with the
                 # other waiters, once), never 401.

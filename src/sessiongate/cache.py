@@ -201,7 +201,9 @@ class SessionCache:
         Returns False (and caches nothing) when the answer cannot be trusted any more: the
         session or its identity was evicted after the request started, or it already expired.
         """
-        if self.revoked_since(entry.session_id, entry.identity_id, started):
+        if self.cleared_since(started) or self.revoked_since(
+            entry.session_id, entry.identity_id, started
+        ):
             return False
         now = self._monotonic()
         lifetime = min(self.ttl, entry.expires_at - self._wall())
@@ -274,13 +276,13 @@ class SessionCache:
             listener.cleared()
 
     # -- internals --------------------------------------------------------------------------
-    def revoked_since(
-        self, session_id: str, identity_id: str, started: float, *, cleared: bool = True
-    ) -> bool:
+    def cleared_since(self, started: float) -> bool:
+        """Was the whole cache cleared at or after monotonic time `started`?"""
+        return started <= self._cleared_at
+
+    def revoked_since(self, session_id: str, identity_id: str, started: float) -> bool:
         """Was this session (or its identity) evicted at or after monotonic time `started`?
-        With `cleared`, a `clear()` since then counts too (it evicted everything)."""
-        if cleared and started <= self._cleared_at:
-            return True
+        (A `clear()` is no revocation: see `cleared_since`.)"""
         revoked_at = self._revoked_sessions.get(session_id)
         if revoked_at is not None and started <= revoked_at:
             return True

@@ -1,7 +1,8 @@
 """Who the client is: `forwarded.trusted_proxies`, and the key its per-client budget counts.
 
-One copy of the trusted-proxy check for the proxy (which `X-Forwarded-*` headers to keep) and
-the upstream limits (whose budget an exchange counts against); both ask once per request.
+One copy of the trusted-network check for the proxy (which `X-Forwarded-*` headers to keep), the
+upstream limits (whose budget an exchange counts against) and forward auth (who may ask for
+decisions); each asks once per request.
 """
 
 from __future__ import annotations
@@ -12,14 +13,18 @@ from collections.abc import Iterable
 
 from starlette.types import Scope
 
+VERDICT_MEMO = 4096
+
 
 class TrustedProxies:
-    """The `forwarded.trusted_proxies` networks, parsed once."""
+    """Trusted networks (`forwarded.trusted_proxies`, `forward_auth.trusted_callers`), parsed
+    once; the verdict for an address is remembered (the same few peers ask over and over)."""
 
-    __slots__ = ("networks",)
+    __slots__ = ("_verdicts", "networks")
 
     def __init__(self, cidrs: Iterable[str] | None = None) -> None:
         self.networks = tuple(ipaddress.ip_network(c, strict=False) for c in cidrs or ())
+        self._verdicts: dict[str, bool] = {}
 
     def __bool__(self) -> bool:
         return bool(self.networks)
@@ -27,11 +32,22 @@ class TrustedProxies:
     def __contains__(self, address: str) -> bool:
         if not self.networks:
             return False
+        verdict = self._verdicts.get(address)
+        if verdict is None:
+            verdict = self._in_networks(address)
+            if len(self._verdicts) >= VERDICT_MEMO:  # addresses may come from headers: bounded
+                self._verdicts.clear()
+            self._verdicts[address] = verdict
+        return verdict
+
+    def _in_networks(self, address: str) -> bool:
         try:
-            ip = ipaddress.ip_address(address.strip())
+            ip = ipaddress.ip_address(address.strip().split("%", 1)[0])
         except ValueError:
             return False
-        return any(ip in net for net in self.networks)
+        # a dual-stack listener sees an IPv4 peer as ::ffff:a.b.c.d: its IPv4 networks count
+        mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+        return any(ip in net or (mapped is not None and mapped in net) for net in self.networks)
 
     def peer_is_trusted(self, scope: Scope) -> bool:
         """The connection's peer is one of the trusted proxies (False when none is set)."""

@@ -408,18 +408,23 @@ class Access(_Section):
         return v
 
 
+def _ip_networks(cidrs: list[str]) -> list[str]:
+    """`cidrs` if each is an IP network or address (`trusted_proxies`, `trusted_callers`)."""
+    for cidr in cidrs:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError as exc:
+            raise ValueError(f"not an IP network: {cidr!r}") from exc
+    return cidrs
+
+
 class Forwarded(_Section):
     trusted_proxies: list[str] = Field(default_factory=list)
 
     @field_validator("trusted_proxies")
     @classmethod
     def _cidrs(cls, v: list[str]) -> list[str]:
-        for cidr in v:
-            try:
-                ipaddress.ip_network(cidr, strict=False)
-            except ValueError as exc:
-                raise ValueError(f"not an IP network: {cidr!r}") from exc
-        return v
+        return _ip_networks(v)
 
 
 FORWARD_AUTH_SOURCES = {
@@ -468,12 +473,7 @@ class ForwardAuth(_Section):
     @field_validator("trusted_callers")
     @classmethod
     def _cidrs(cls, v: list[str]) -> list[str]:
-        for cidr in v:
-            try:
-                ipaddress.ip_network(cidr, strict=False)
-            except ValueError as exc:
-                raise ValueError(f"not an IP network: {cidr!r}") from exc
-        return v
+        return _ip_networks(v)
 
     def collides_with(self, owned: str) -> bool:
         """The decision path and a path the gate owns for something else overlap (one is

@@ -31,7 +31,6 @@ here, whatever its method, and never proxied. What it owns:
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import re
 from collections.abc import Callable
@@ -57,7 +56,6 @@ MAX_TARGET = 8192
 MAX_HOST = 300  # a DNS name (253) with a port, or a bracketed IPv6 address with a port
 LOGIN_HEADER = b"x-sessiongate-login"  # deny_browsers: header → where to send the browser
 REMOVE_HEADER = b"x-envoy-auth-headers-to-remove"
-CALLER_MEMO = 4096
 ORIGIN_MEMO = 4096
 
 #: The IANA HTTP Method Registry (RFC 9110 and its extensions), PRI (HTTP/2's preface) aside.
@@ -118,8 +116,7 @@ class ForwardAuth:
         self.source = fa.source
         self._family = _FAMILIES[fa.source]
         self.header_mode = fa.deny_browsers == "header"
-        self.callers = TrustedProxies(fa.trusted_callers)
-        self._caller_memo: dict[str, bool] = {}
+        self.callers = TrustedProxies(fa.trusted_callers)  # the TCP peer, never a header
         self._origins: dict[tuple[str, bytes], str | None] = {}
         self.gatekeeper = gatekeeper
         self.cookie_matcher = gatekeeper.cookie_matcher
@@ -148,7 +145,7 @@ class ForwardAuth:
 
     async def decide(self, scope: Scope, send: Send) -> None:
         head = scope["method"] == "HEAD"  # the call's own: what its answer may carry
-        if not self._trusted(scope):
+        if not self.callers.peer_is_trusted(scope):
             await send_error(
                 send, 403, reason="This address may not ask for forward-auth decisions.", head=head
             )
@@ -177,29 +174,6 @@ class ForwardAuth:
         if self.header_mode and await self._login_header(original, send, result, head):
             return
         await gatekeeper.answer_denial(original, send, result, head=head)
-
-    # -- the caller ---------------------------------------------------------------------------
-    def _trusted(self, scope: Scope) -> bool:
-        client = scope.get("client")
-        if not client:
-            return False  # a Unix socket or a server that does not say: not a known caller
-        address: str = client[0]
-        verdict = self._caller_memo.get(address)
-        if verdict is None:
-            verdict = self._in_callers(address)
-            if len(self._caller_memo) >= CALLER_MEMO:
-                self._caller_memo.clear()
-            self._caller_memo[address] = verdict
-        return verdict
-
-    def _in_callers(self, address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address.split("%", 1)[0])
-        except ValueError:
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped  # a dual-stack listener sees IPv4 callers as ::ffff:a.b.c.d
-        return str(ip) in self.callers
 
     # -- the original request -----------------------------------------------------------------
     def original_request(self, scope: Scope) -> tuple[Scope, bool]:
