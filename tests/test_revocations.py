@@ -268,3 +268,45 @@ async def test_ready_shows_the_shared_state(
                 assert r.json()["shared"]["redis"] == "degraded"
         finally:
             await gate.aclose()
+
+
+@pytest.mark.parametrize("how", ["dies", "cancelled", "hangs"])
+async def test_a_follower_that_dies_or_hangs_degrades_and_comes_back(pair, how, monkeypatch):
+    """A follower that stops applying events must not keep saying "connected" (the other
+    processes' revocations would be missed for good): it degrades, then follows again."""
+    _server, a, b = pair
+    applied = b.rev._apply
+    broken = asyncio.Event()
+
+    def fail(fields):  # type: ignore[no-untyped-def]
+        if not broken.is_set():
+            broken.set()
+            if how == "cancelled":  # from inside a client library, not a shutdown
+                raise asyncio.CancelledError
+            raise KeyError("an error nobody expected")
+        applied(fields)
+
+    if how == "hangs":
+        real_sync = b.rev._sync
+
+        async def hang_once(client):  # type: ignore[no-untyped-def]
+            if not broken.is_set():
+                broken.set()
+                await asyncio.Event().wait()  # a call that never returns
+            return await real_sync(client)
+
+        monkeypatch.setattr(b.rev, "_sync", hang_once)
+        _server.cli("FLUSHALL")  # a gap: the follower finds a new place in the stream, and hangs
+    else:
+        monkeypatch.setattr(b.rev, "_apply", fail)
+    _put(b.cache, b"k-b", "s1")
+    a.cache.evict_session("s0")  # an event for b's follower
+    assert await a.rev.flush()
+    await _until(broken.is_set, 5, "the fault happened")
+    await _until(lambda: b.rev.state == "degraded", 8, "degraded")
+    assert b.cache.get(b"k-b") is None  # the cache was dropped with it
+    await _until(lambda: b.rev.healthy, 5, "following again")
+    _put(b.cache, b"k-b", "s1")
+    a.cache.evict_session("s1")
+    assert await a.rev.flush()
+    await _until(lambda: b.cache.get(b"k-b") is None, BOUND, "evicted at b again")

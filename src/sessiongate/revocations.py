@@ -16,6 +16,10 @@ Owns the stream `<prefix>:revocations` and this process' place in it:
   cache. No answer from Redis for `SILENCE` (1 s) is a disconnection: the cache is dropped and,
   until Redis answers again, entries live at most `shared.degraded_ttl` (Kratos stays the
   authority; nobody is logged out because Redis is down). Each transition is logged once.
+  A follower or publisher that ends while the gate runs (an unexpected error, a cancellation
+  from inside the client library), or a "connected" follower that has not read for `STUCK`
+  seconds, is restarted degraded: a cache never goes on trusting a follower that applies
+  nothing.
 * **The trusted generation.** `trusted_generation()` is the generation the follower last
   proved it follows (None while it cannot: connecting, after a gap, degraded). Redis restarted
   empty or flushed takes the stream and the revocation records with it; until the follower
@@ -35,7 +39,7 @@ import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 from sessiongate.cache import SessionCache
@@ -45,6 +49,7 @@ from sessiongate.shared_redis import RedisError, connect, describe, key
 log = logging.getLogger("sessiongate.shared")
 
 SILENCE = 1.0  # no answer from Redis for this long: disconnected (the issue's bound)
+STUCK = 3 * SILENCE  # a connected follower that has not read for this long is restarted
 BLOCK_MS = 400  # XREAD BLOCK: an idle stream still answers well within SILENCE
 MAXLEN = 100_000  # approximate stream length; a follower further behind sees a gap
 MAX_PENDING = 100_000  # appends queued while Redis is unreachable; beyond, the oldest go
@@ -84,6 +89,7 @@ class Revocations:
         self.append_hooks: list[AppendHook] = []
         self.state = "connecting"
         self._generation: bytes | None = None  # see trusted_generation()
+        self._heard = time.monotonic()  # the follower's last answer from Redis (`_watch`)
         self._environ = environ
         self._ttl = cache.ttl
         self._pending: deque[_Pending] = deque()
@@ -117,12 +123,48 @@ class Revocations:
         self._thread = threading.get_ident()
         self._wake = asyncio.Event()
         self._client = connect(self.shared, environ=self._environ)
-        self._tasks = [
-            asyncio.create_task(self._follow(), name="sessiongate-revocations-follower"),
-            asyncio.create_task(self._publish(), name="sessiongate-revocations-publisher"),
-        ]
+        self._tasks = [self._spawn(self._follow), self._spawn(self._publish)]
+        self._loop.call_later(SILENCE, self._watch)
         if self._pending:
             self._wake.set()
+
+    def _spawn(self, work: Callable[[], Coroutine[Any, Any, None]]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(
+            work(), name=f"sessiongate-revocations{work.__name__}"
+        )
+        task.add_done_callback(lambda done: self._ended(done, work))
+        return task
+
+    def _watch(self) -> None:
+        """Every SILENCE: a follower that says "connected" yet has not read for STUCK seconds
+        (a call that never returns) is cancelled, which restarts it degraded (`_ended`)."""
+        if self._closing or self._loop is None:
+            return
+        stuck = time.monotonic() - self._heard > STUCK
+        if stuck and self.state == "connected" and self._tasks and not self._tasks[0].done():
+            log.error("shared mode: the revocation follower stopped reading; restarting it")
+            self._degrade(RuntimeError("the follower stopped reading"))
+            self._tasks[0].cancel()
+        self._loop.call_later(SILENCE, self._watch)
+
+    def _ended(
+        self, task: asyncio.Task[None], work: Callable[[], Coroutine[Any, Any, None]]
+    ) -> None:
+        """A follower or publisher that ends while the gate runs (an error nobody expected, a
+        cancellation from inside a client library) must not leave "connected" behind, applying
+        nothing: degrade (the cache is dropped, entries live shared.degraded_ttl) and start it
+        again."""
+        if self._closing or task not in self._tasks:
+            return
+        exc = None if task.cancelled() else task.exception()
+        log.error(
+            "shared mode: the revocation %s stopped (%s); restarting it",
+            work.__name__.strip("_"),
+            "cancelled" if exc is None else type(exc).__name__,
+        )
+        if self.state != "degraded":
+            self._degrade(exc or RuntimeError("stopped"))
+        self._tasks[self._tasks.index(task)] = self._spawn(work)
 
     async def aclose(self) -> None:
         self._closing = True  # a cancellation redis-py turns into a ConnectionError ends too
@@ -253,7 +295,7 @@ class Revocations:
         )
         last_id: bytes | None = None
         generation: bytes | None = None
-        heard = time.monotonic()
+        self._heard = time.monotonic()
         reads = 0
         try:
             while not self._closing:
@@ -270,7 +312,7 @@ class Revocations:
                     if reads % REPLICA_CHECK == 0:  # a replica attached (or left) since
                         pipe.info("replication")
                     current, still_there, read, *replication = await pipe.execute()
-                    heard = time.monotonic()
+                    self._heard = time.monotonic()
                     if replication:
                         self._replicas = int(replication[0].get("connected_slaves", 0))
                     if current != generation or (last_id != b"0-0" and not still_there):
@@ -290,7 +332,7 @@ class Revocations:
                     if self.state != "connected":
                         self._connected()
                 except _FAILURES as exc:
-                    silent = time.monotonic() - heard >= SILENCE
+                    silent = time.monotonic() - self._heard >= SILENCE
                     if silent or self.state != "connected":
                         # connected and silent for 1 s, or never connected (refused AUTH, ...):
                         # one log line, the degraded mode
