@@ -7,6 +7,9 @@ figure is "one core for the server". Started per run:
 * whoami: nginx answering `GET /sessions/whoami` with a valid session (fresh ids) for any
   credential, logging each call (so the fake is never the bottleneck and calls can be counted);
 * anchors: the backend direct; nginx plain proxy; nginx `auth_request` + `proxy_cache` (60 s);
+  nginx `auth_request` to the whoami fake without a cache (one bare subrequest per request);
+* forward auth: nginx `auth_request` to sessiongate's decision endpoint (`forward_auth`, no
+  nginx cache, so a revocation is refused on the next request), the gate on the same core;
 * reference: a straightforward Starlette + httpx gate with a dict cache (`reference_gate.py`);
 * sessiongate in proxy mode, `sessiongate serve` under granian (the default) and uvicorn;
 * sessiongate middleware mode around a minimal ASGI app, and that app bare.
@@ -50,6 +53,9 @@ TWO_WORKERS = "sessiongate proxy (granian, 2 workers)"
 # the shared mode (issue 12): the same two workers with Redis behind their caches
 SHARED = "sessiongate 2 workers, shared (Redis)"
 STRICT = "sessiongate 2 workers, shared strict"
+# forward auth (issue 13): nginx auth_request to the decision endpoint, and its no-cache anchor
+DECISIONS = "nginx auth_request -> sessiongate decisions"
+NO_CACHE = "nginx auth_request, no cache"
 BENCH_SECRET = "bench-secret-bench-secret-0123456789abcdef"  # noqa: S105 (loopback bench)
 
 
@@ -186,6 +192,27 @@ def nginx_conf(work: Path, ports: dict[str, int]) -> Path:
               proxy_cache auth; proxy_cache_key $http_cookie$http_x_session_token;
               proxy_cache_valid 200 60s; proxy_cache_lock on;
               proxy_ignore_headers Cache-Control Expires Set-Cookie; }} }}
+
+          server {{ listen 127.0.0.1:{ports["authreq_nocache"]};   # auth_request, no cache
+            location / {{ auth_request /_auth; proxy_pass http://backend;
+                         proxy_http_version 1.1; proxy_set_header Connection ""; }}
+            location = /_auth {{ internal;
+              proxy_pass http://whoami/sessions/whoami; proxy_http_version 1.1;
+              proxy_set_header Connection ""; proxy_pass_request_body off;
+              proxy_set_header Content-Length ""; }} }}
+
+          # auth_request to sessiongate's decision endpoint (forward_auth.source: path), no
+          # cache: the README's nginx config reduced to what the load exercises
+          upstream decisions {{ server 127.0.0.1:{ports["decisions"]}; keepalive 256; }}
+          server {{ listen 127.0.0.1:{ports["authreq_gate"]};
+            location / {{ auth_request /_sg; proxy_pass http://backend;
+                         auth_request_set $sg_user $upstream_http_x_user_id;
+                         proxy_set_header X-User-Id $sg_user;
+                         proxy_http_version 1.1; proxy_set_header Connection ""; }}
+            location = /_sg {{ internal;
+              proxy_pass http://decisions/decisions$request_uri; proxy_http_version 1.1;
+              proxy_set_header Connection ""; proxy_pass_request_body off;
+              proxy_set_header Content-Length ""; }} }}
         }}""")
     )
     return conf
@@ -290,15 +317,20 @@ def gate_config(
     workers: int = 1,
     shared: str = "",
 ) -> Path:
+    """A gate's settings; without `upstream` it is a decision service (forward auth)."""
     path = work / f"gate_{port}.yaml"
     path.write_text(
         textwrap.dedent(f"""
         listen: {{host: 127.0.0.1, port: {port}, server: {server}, workers: {workers}}}
         ory: {{public_url: "http://127.0.0.1:{ports["whoami"]}", timeout: 5s, max_inflight: 2048}}
-        upstream: {{url: "{upstream}", max_connections: 512}}
         cache: {{ttl: 300s, max_entries: 200000}}
         log_level: warning
         """)
+        + (
+            f'upstream: {{url: "{upstream}", max_connections: 512}}\n'
+            if upstream
+            else "forward_auth: {enabled: true, source: path}\n"
+        )
         + (f"shared: {{{shared}}}\n" if shared else "")
     )
     return path
@@ -400,20 +432,22 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="sessiongate-bench-") as tmp:
         work = Path(tmp)
         work.chmod(0o755)  # nginx workers (www-data when started as root) must read it
-        ports = {k: free_port() for k in ("backend", "whoami", "plain", "authreq")}
+        nginx_ports = ("backend", "whoami", "plain", "authreq", "authreq_nocache", "authreq_gate")
+        ports = {k: free_port() for k in (*nginx_ports, "decisions")}
         try:
             procs.start(["nginx", "-c", str(nginx_conf(work, ports))])
-            for port in ports.values():
-                wait_port(port)
-            rows: list[tuple[str, str, int]] = []  # (name, url, warm-up)
+            for name in nginx_ports:
+                wait_port(ports[name])
+            rows: list[tuple[str, str, int]] = []  # (name, url, port its server listens on)
 
-            def add(name: str, port: int) -> None:
-                rows.append((name, f"http://127.0.0.1:{port}/", port))
+            def add(name: str, port: int, url_port: int = 0) -> None:
+                rows.append((name, f"http://127.0.0.1:{url_port or port}/", port))
 
             backend = f"http://127.0.0.1:{ports['backend']}"
             add("direct (nginx static)", ports["backend"])
             add("nginx proxy, no auth", ports["plain"])
             add("nginx auth_request+cache", ports["authreq"])
+            add(NO_CACHE, ports["authreq_nocache"])
             servers: dict[str, list[str]] = {}
             ref_port = free_port()
             servers["starlette+httpx gate"] = [
@@ -500,6 +534,12 @@ def main() -> int:
             }
             for name, port in server_ports.items():
                 add(name, port)
+            # nginx (always up) in front, the decision-only gate started for its row
+            servers[DECISIONS] = [
+                *(PYTHON, "-m", "sessiongate.cli", "serve", "--config"),
+                str(gate_config(work, ports, ports["decisions"], "")),
+            ]
+            add(DECISIONS, ports["decisions"], ports["authreq_gate"])
             script = wrk_script(work, args.sessions, "warm")
             for name, url, port in rows:
                 if name in skip:
@@ -644,6 +684,11 @@ def print_table(results: list[Result], extra: dict[str, object], args: argparse.
         )
         if gate and ngx:
             print(f"sessiongate p99 vs auth_request p99 at c={c}: {gate.p99_ms / ngx.p99_ms:.1f}x")
+        decisions = by.get((DECISIONS, c))
+        for anchor in (NO_CACHE, "nginx auth_request+cache", "sessiongate proxy (granian)"):
+            ref = by.get((anchor, c))
+            if decisions and ref:
+                print(f"decisions vs {anchor} at c={c}: {decisions.rps / ref.rps:.3f}")
         two = by.get((TWO_WORKERS, c))
         for name in (SHARED, STRICT):
             row = by.get((name, c))
