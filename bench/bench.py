@@ -207,7 +207,13 @@ def nginx_conf(work: Path, ports: dict[str, int]) -> Path:
           server {{ listen 127.0.0.1:{ports["authreq_gate"]};
             location / {{ auth_request /_sg; proxy_pass http://backend;
                          auth_request_set $sg_user $upstream_http_x_user_id;
+                         auth_request_set $sg_email $upstream_http_x_user_email;
+                         auth_request_set $sg_session $upstream_http_x_session_id;
+                         auth_request_set $sg_cookie $upstream_http_cookie;
                          proxy_set_header X-User-Id $sg_user;
+                         proxy_set_header X-User-Email $sg_email;
+                         proxy_set_header X-Session-Id $sg_session;
+                         proxy_set_header Cookie $sg_cookie;
                          proxy_http_version 1.1; proxy_set_header Connection ""; }}
             location = /_sg {{ internal;
               proxy_pass http://decisions/decisions$request_uri; proxy_http_version 1.1;
