@@ -175,16 +175,22 @@ async def test_slow_redis_still_gets_every_revocation(pair):
     assert await slow == "OK"  # Redis did sleep (redis-cli exits 0 on an error reply too)
 
 
-async def test_error_replies_degrade_and_never_crash(pair):
-    """Redis answering errors (a replica-only / read-only setting: writes refused)."""
+async def test_error_replies_degrade_and_never_crash(pair, caplog):
+    """Redis answering errors (a replica-only / read-only setting: writes refused); the log
+    line says why without quoting the command, whose arguments are session ids."""
+    caplog.set_level(logging.WARNING, "sessiongate.shared")
     server, a, _b = pair
     server.cli("CONFIG", "SET", "min-replicas-to-write", "1")  # XADD now fails: NOREPLICAS
     try:
-        a.cache.evict_session("s1")
+        a.cache.evict_session("session-id-not-for-logs")
         assert not await a.rev.flush()
         assert a.rev._tasks[1].done() is False  # the publisher keeps retrying
     finally:
         server.cli("CONFIG", "SET", "min-replicas-to-write", "0")
+    lines = [r.getMessage() for r in caplog.records if "cannot append" in r.getMessage()]
+    assert lines
+    assert "NOREPLICAS" in lines[0]
+    assert not any("session-id-not-for-logs" in r.getMessage() for r in caplog.records)
     await _until(lambda: server.cli("XLEN", "sessiongate:revocations") == "1", 3, "appended")
 
 

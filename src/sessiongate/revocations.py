@@ -35,6 +35,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import secrets
 import threading
 import time
@@ -424,7 +425,12 @@ def _settle(item: _Pending) -> None:
         item.future.set_result(None)
 
 
+# redis-py quotes a failed pipeline command with its arguments (session and identity ids)
+_PIPELINE_COMMAND = re.compile(r"Command # (\d+) \(.*?\) of pipeline caused error: ", re.S)
+
+
 def _why(exc: BaseException) -> str:
-    """A failure for a log line: its type and redis-py's message (host:port, never a password)."""
-    text = str(exc).strip()
+    """A failure for a log line: its type and redis-py's message (host:port, never a password,
+    never a command's arguments)."""
+    text = _PIPELINE_COMMAND.sub(r"pipeline command #\1 failed: ", str(exc)).strip()
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
