@@ -1163,8 +1163,11 @@ def run(cfg: SoakConfig, workdir: Path | None = None) -> Summary:
         with servers(workdir, cfg) as running:
             soak = Soak(cfg, running.kratos, running.app, running.gates, running.faults)
             summary = asyncio.run(soak.run())
+            # a failed run must say why: a dead gate's output, or every gate's log tail when
+            # one admitted or refused wrongly (CI keeps nothing but this report)
+            wrong = summary.wrongly_admitted or summary.wrongly_refused
             for n, gate in enumerate(running.gates):
-                if not gate.alive():
+                if wrong or not gate.alive():
                     summary.wrong_examples.append(f"gate {n} output: " + gate.output())
     summary.wall_seconds = time.monotonic() - began
     return summary
