@@ -231,3 +231,31 @@ async def test_an_entry_validated_before_redis_lost_its_data_does_not_come_back_
                 assert (await get(client, c, phone.token)).status_code == 200
     finally:
         await r.aclose()
+
+
+async def test_waiters_for_a_lock_are_not_held_when_redis_goes_away(
+    tmp_path,
+    backends: Backends,  # noqa: F811
+    redis_servers: RedisServers,  # noqa: F811
+):
+    """A lock whose holder cannot unlock (Redis killed under it) must not hold the requests
+    waiting for it until the lock lapses: losing the subscription wakes them, and they ask
+    whoami themselves."""
+    fake = backends.kratos.fake
+    alice = fake.login("alice@example.com")
+    server = redis_servers.start()
+    with fleet(tmp_path, backends, server, count=1) as (a,):
+        async with httpx.AsyncClient(timeout=10) as client:
+            # a first miss makes the process subscribe to the wake-ups
+            assert (await get(client, a, fake.login("bob@example.com").token)).status_code == 200
+            lock = _entry_key(alice.token).replace(":s:", ":lock:")
+            server.cli("SET", lock, "holder-in-another-process", "PX", "2000")  # ory.timeout
+            started = time.monotonic()
+            waiting = asyncio.create_task(get(client, a, alice.token))
+            await asyncio.sleep(0.3)
+            assert not waiting.done()  # waiting for the holder's word
+            server.kill()
+            assert (await waiting).status_code == 200
+            waited = time.monotonic() - started
+        # without the wake-up: the lock's 2 s, then its own whoami
+        assert waited < 1.5, waited

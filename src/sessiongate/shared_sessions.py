@@ -356,11 +356,20 @@ class SharedSessions:
             self._listener = asyncio.get_running_loop().create_task(self._listen())
 
     async def _listen(self) -> None:
-        """One subscriber per process wakes every local waiter of a filled entry."""
+        """One subscriber per process wakes every local waiter of a filled entry.
+
+        When the subscription breaks, and when it is back, every waiter is woken: a wake-up
+        may have been lost meanwhile, and a holder whose unlock failed with Redis would
+        otherwise keep them waiting until its lock lapses (`ory.timeout`). A woken waiter
+        reads again and, finding nothing, asks whoami itself."""
+        lost = False
         while True:
             pubsub = self._subscriber_client.pubsub()
             try:
                 await pubsub.subscribe(self._channel)
+                if lost:
+                    lost = False
+                    self._wake_all()
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if message is None:
@@ -374,10 +383,17 @@ class SharedSessions:
                 raise
             except Exception as exc:
                 self._failed(exc)
+                lost = True
+                self._wake_all()
                 await asyncio.sleep(0.5)
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
+
+    def _wake_all(self) -> None:
+        for waiter in self._waiters.values():
+            if not waiter.done():
+                waiter.set_result(None)
 
     # -- state --------------------------------------------------------------------------------
     def _failed(self, exc: BaseException) -> None:
