@@ -259,6 +259,7 @@ class Result:
     errors: int
     requests: int
     whoami_per_1000: float
+    round: int = 0
 
 
 def _ms(text: str) -> float:
@@ -413,6 +414,29 @@ def rss_mb(pid: int) -> tuple[float, float]:
     return max(sizes), sum(sizes)
 
 
+def fill_cache(url: str, work: Path, sessions: int) -> None:
+    """Requests until `sessions` new sessions were validated (bounded: 300 s)."""
+    before = whoami_calls(work)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        done = whoami_calls(work) - before
+        if done >= sessions:
+            return
+        # each run starts where the last stopped: every request a new session
+        mem_script = work / "memory.lua"
+        mem_script.write_text(
+            textwrap.dedent(f"""
+            local i = {done}
+            request = function()
+              i = i + 1
+              if i > {sessions} then i = 1 end
+              local cookie = "ory_kratos_session=ory_st_mem" .. i
+              return wrk.format("GET", "/", {{["Cookie"] = cookie}})
+            end""")
+        )
+        run_wrk("memory", url, mem_script, 64, 5, work)
+
+
 # -- main -----------------------------------------------------------------------------------
 def main() -> int:
     parser = argparse.ArgumentParser(
@@ -425,6 +449,12 @@ def main() -> int:
     parser.add_argument("--memory-sessions", type=int, default=100_000)
     parser.add_argument("--skip", default="", help="rows to skip, separated by ';'")
     parser.add_argument("--json", default="", help="also write the results here")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run every row this many times, interleaved; the table shows medians",
+    )
     args = parser.parse_args()
     for tool in ("nginx", "wrk", "taskset"):
         if not shutil.which(tool):
@@ -547,98 +577,83 @@ def main() -> int:
             ]
             add(DECISIONS, ports["decisions"], ports["authreq_gate"])
             script = wrk_script(work, args.sessions, "warm")
-            for name, url, port in rows:
-                if name in skip:
-                    continue
-                proc = None
-                if name in servers:
-                    cores = BOTH_CORES if name in (TWO_WORKERS, SHARED, STRICT) else SERVER_CORE
-                    proc = procs.start(servers[name], cores, env=env, cwd=str(HERE.parent))
-                    wait_port(port)
-                try:
-                    # warm the cache (every session once) and the pools
-                    run_wrk(name, url, script, min(conns), 2, work)
-                    for c in conns:
-                        result = run_wrk(name, url, script, c, args.duration, work)
-                        results.append(result)
-                        print(
-                            f"  {name:<30} c={c:<4} {result.rps:>9.0f} req/s "
-                            f"p99 {result.p99_ms:>8.2f} ms  errors {result.errors}",
-                            flush=True,
-                        )
-                    if name == SHARED and proc is not None:
-                        # the shared mode: one whoami per session for both workers
-                        before = whoami_calls(work)
-                        ok, total = asyncio.run(cold_start(url, args.cold, "shared"))
-                        asyncio.run(cold_start(url, args.cold, "shared"))  # same sessions again
-                        extra["cold_start_two_workers_shared"] = {
-                            "sessions": args.cold,
-                            "ok": ok,
-                            "whoami_calls_after_two_visits": whoami_calls(work) - before,
-                        }
-                        print(f"  shared: {extra['cold_start_two_workers_shared']}", flush=True)
-                    if name == TWO_WORKERS and proc is not None:
-                        # each worker has its own cache: a new session costs up to one whoami
-                        # per worker, however its connections are spread
-                        before = whoami_calls(work)
-                        ok, total = asyncio.run(cold_start(url, args.cold, "two"))
-                        extra["cold_start_two_workers"] = {
-                            "sessions": args.cold,
-                            "ok": ok,
-                            "whoami_calls": whoami_calls(work) - before,
-                        }
-                        asyncio.run(cold_start(url, args.cold, "two"))  # same sessions again
-                        extra["cold_start_two_workers"]["whoami_calls_after_second_visit"] = (
-                            whoami_calls(work) - before
-                        )
-                        print(f"  two workers: {extra['cold_start_two_workers']}", flush=True)
-                    if name == "sessiongate proxy (granian)" and proc is not None:
-                        before = whoami_calls(work)
-                        ok, total = asyncio.run(cold_start(url, args.cold))
-                        extra["cold_start"] = {
-                            "sessions": args.cold,
-                            "ok": ok,
-                            "total": total,
-                            "whoami_calls": whoami_calls(work) - before,
-                        }
-                        print(f"  cold start: {extra['cold_start']}", flush=True)
-                        # memory on a fresh process: the figure is the cache's, not what a
-                        # burst of 1000 connections left in the allocator
-                        procs.stop(proc)
-                        proc = procs.start(servers[name], env=env, cwd=str(HERE.parent))
+            for rnd in range(args.rounds):
+                for name, url, port in rows:
+                    if name in skip:
+                        continue
+                    proc = None
+                    if name in servers:
+                        cores = BOTH_CORES if name in (TWO_WORKERS, SHARED, STRICT) else SERVER_CORE
+                        proc = procs.start(servers[name], cores, env=env, cwd=str(HERE.parent))
                         wait_port(port)
-                        time.sleep(1)
-                        base = rss_mb(proc.pid)
-                        before = whoami_calls(work)
-                        deadline = time.monotonic() + 300
-                        while time.monotonic() < deadline:
-                            done = whoami_calls(work) - before
-                            if done >= args.memory_sessions:
-                                break
-                            # each run starts where the last stopped: every request a new session
-                            mem_script = work / "memory.lua"
-                            mem_script.write_text(
-                                textwrap.dedent(f"""
-                                local i = {done}
-                                request = function()
-                                  i = i + 1
-                                  if i > {args.memory_sessions} then i = 1 end
-                                  local cookie = "ory_kratos_session=ory_st_mem" .. i
-                                  return wrk.format("GET", "/", {{["Cookie"] = cookie}})
-                                end""")
+                    try:
+                        # warm the cache (every session once) and the pools
+                        run_wrk(name, url, script, min(conns), 2, work)
+                        for c in conns:
+                            result = run_wrk(name, url, script, c, args.duration, work)
+                            result.round = rnd
+                            results.append(result)
+                            print(
+                                f"  {name:<30} c={c:<4} {result.rps:>9.0f} req/s "
+                                f"p99 {result.p99_ms:>8.2f} ms  errors {result.errors}",
+                                flush=True,
                             )
-                            run_wrk("memory", url, mem_script, 64, 5, work)
-                        worker, every = rss_mb(proc.pid)
-                        extra["memory"] = {
-                            "sessions": whoami_calls(work) - before,
-                            "worker_rss_mb_before": round(base[0], 1),
-                            "worker_rss_mb_after": round(worker, 1),
-                            "all_processes_rss_mb_after": round(every, 1),
-                        }
-                        print(f"  memory: {extra['memory']}", flush=True)
-                finally:
-                    if proc is not None:
-                        procs.stop(proc)
+                        if name == SHARED and proc is not None and rnd == 0:
+                            # the shared mode: one whoami per session for both workers
+                            before = whoami_calls(work)
+                            ok, total = asyncio.run(cold_start(url, args.cold, "shared"))
+                            asyncio.run(cold_start(url, args.cold, "shared"))  # same sessions again
+                            extra["cold_start_two_workers_shared"] = {
+                                "sessions": args.cold,
+                                "ok": ok,
+                                "whoami_calls_after_two_visits": whoami_calls(work) - before,
+                            }
+                            print(f"  shared: {extra['cold_start_two_workers_shared']}", flush=True)
+                        if name == TWO_WORKERS and proc is not None and rnd == 0:
+                            # each worker has its own cache: a new session costs up to one whoami
+                            # per worker, however its connections are spread
+                            before = whoami_calls(work)
+                            ok, total = asyncio.run(cold_start(url, args.cold, "two"))
+                            extra["cold_start_two_workers"] = {
+                                "sessions": args.cold,
+                                "ok": ok,
+                                "whoami_calls": whoami_calls(work) - before,
+                            }
+                            asyncio.run(cold_start(url, args.cold, "two"))  # same sessions again
+                            extra["cold_start_two_workers"]["whoami_calls_after_second_visit"] = (
+                                whoami_calls(work) - before
+                            )
+                            print(f"  two workers: {extra['cold_start_two_workers']}", flush=True)
+                        if name == "sessiongate proxy (granian)" and proc is not None and rnd == 0:
+                            before = whoami_calls(work)
+                            ok, total = asyncio.run(cold_start(url, args.cold))
+                            extra["cold_start"] = {
+                                "sessions": args.cold,
+                                "ok": ok,
+                                "total": total,
+                                "whoami_calls": whoami_calls(work) - before,
+                            }
+                            print(f"  cold start: {extra['cold_start']}", flush=True)
+                            # memory on a fresh process: the figure is the cache's, not what a
+                            # burst of 1000 connections left in the allocator
+                            procs.stop(proc)
+                            proc = procs.start(servers[name], env=env, cwd=str(HERE.parent))
+                            wait_port(port)
+                            time.sleep(1)
+                            base = rss_mb(proc.pid)
+                            before = whoami_calls(work)
+                            fill_cache(url, work, args.memory_sessions)
+                            worker, every = rss_mb(proc.pid)
+                            extra["memory"] = {
+                                "sessions": whoami_calls(work) - before,
+                                "worker_rss_mb_before": round(base[0], 1),
+                                "worker_rss_mb_after": round(worker, 1),
+                                "all_processes_rss_mb_after": round(every, 1),
+                            }
+                            print(f"  memory: {extra['memory']}", flush=True)
+                    finally:
+                        if proc is not None:
+                            procs.stop(proc)
         finally:
             procs.stop_all()
     print_table(results, extra, args)
@@ -649,8 +664,39 @@ def main() -> int:
     return 0
 
 
+def median_rows(results: list[Result]) -> list[Result]:
+    """Per (setup, c): the round with the median req/s (the upper one of an even count)."""
+    groups: dict[tuple[str, int], list[Result]] = {}
+    for r in results:
+        groups.setdefault((r.name, r.connections), []).append(r)
+    return [sorted(rs, key=lambda r: r.rps)[len(rs) // 2] for rs in groups.values()]
+
+
+def round_ratios(results: list[Result], name: str, ref: str, c: int) -> list[float]:
+    """`name`'s req/s over `ref`'s, round by round (the two measured minutes apart at most)."""
+    rps = {(r.name, r.round): r.rps for r in results if r.connections == c}
+    rounds = sorted({r.round for r in results})
+    return [
+        rps[(name, n)] / rps[(ref, n)] for n in rounds if rps.get((name, n)) and rps.get((ref, n))
+    ]
+
+
+def ratio_text(ratios: list[float]) -> str:
+    """The median ratio; over several rounds, with their range."""
+    ordered = sorted(ratios)
+    median = (
+        ordered[len(ordered) // 2]
+        if len(ordered) % 2
+        else ((ordered[len(ordered) // 2 - 1] + ordered[len(ordered) // 2]) / 2)
+    )
+    if len(ordered) == 1:
+        return f"{median:.3f}"
+    return f"{median:.3f} (median of {len(ordered)} rounds, {ordered[0]:.3f}-{ordered[-1]:.3f})"
+
+
 def print_table(results: list[Result], extra: dict[str, object], args: argparse.Namespace) -> None:
-    by = {(r.name, r.connections): r for r in results}
+    rows = median_rows(results)
+    by = {(r.name, r.connections): r for r in rows}
     cpu = "?"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -659,17 +705,18 @@ def print_table(results: list[Result], extra: dict[str, object], args: argparse.
                 break
     except OSError:
         pass
+    rounds = f" · median of {args.rounds} interleaved rounds" if args.rounds > 1 else ""
     print(
         f"\n{datetime.now(UTC):%Y-%m-%d} · {platform.system()} {platform.machine()} · {cpu} · "
         f"{os.cpu_count()} cores · server on core {SERVER_CORE}, wrk on core {LOAD_CORE} · "
-        f"{args.sessions} sessions · {args.duration}s per run\n"
+        f"{args.sessions} sessions · {args.duration}s per run{rounds}\n"
     )
     print(
         "| setup | c | req/s | p50 ms | p99 ms | errors | whoami/1000 | vs direct | "
         "vs auth_request | vs starlette+httpx |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for r in results:
+    for r in rows:
 
         def ratio(name: str, r: Result = r) -> str:
             ref = by.get((name, r.connections))
@@ -680,26 +727,27 @@ def print_table(results: list[Result], extra: dict[str, object], args: argparse.
             f"{r.errors} | {r.whoami_per_1000:.2f} | {ratio('direct (nginx static)')} | "
             f"{ratio('nginx auth_request+cache')} | {ratio('starlette+httpx gate')} |"
         )
+    pairs = [
+        ("middleware mode", "bare ASGI app"),
+        ("sessiongate proxy (granian)", "nginx auth_request+cache"),
+        (DECISIONS, NO_CACHE),
+        (DECISIONS, "nginx auth_request+cache"),
+        (DECISIONS, "sessiongate proxy (granian)"),
+        (SHARED, TWO_WORKERS),
+        (STRICT, TWO_WORKERS),
+    ]
     for c in sorted({r.connections for r in results}):
-        mw, bare = by.get(("middleware mode", c)), by.get(("bare ASGI app", c))
-        if mw and bare:
-            print(f"\nmiddleware mode vs bare app at c={c}: {mw.rps / bare.rps:.3f}")
+        print()
+        for name, ref in pairs:
+            ratios = round_ratios(results, name, ref, c)
+            if ratios:
+                print(f"{name} vs {ref} at c={c}: {ratio_text(ratios)}")
         gate, ngx = (
             by.get(("sessiongate proxy (granian)", c)),
             by.get(("nginx auth_request+cache", c)),
         )
         if gate and ngx:
             print(f"sessiongate p99 vs auth_request p99 at c={c}: {gate.p99_ms / ngx.p99_ms:.1f}x")
-        decisions = by.get((DECISIONS, c))
-        for anchor in (NO_CACHE, "nginx auth_request+cache", "sessiongate proxy (granian)"):
-            ref = by.get((anchor, c))
-            if decisions and ref:
-                print(f"decisions vs {anchor} at c={c}: {decisions.rps / ref.rps:.3f}")
-        two = by.get((TWO_WORKERS, c))
-        for name in (SHARED, STRICT):
-            row = by.get((name, c))
-            if two and row:
-                print(f"{name} vs 2 workers without Redis at c={c}: {row.rps / two.rps:.3f}")
     for key, value in extra.items():
         print(f"{key}: {value}")
 
