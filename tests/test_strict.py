@@ -57,6 +57,14 @@ async def test_a_revocation_at_one_process_is_refused_on_the_next_request_at_the
             assert (await get(client, a, tablet.token)).status_code == 401
             assert (await get(client, a, phone.token)).status_code == 200
 
+            # Redis forgets the gate's check script (SCRIPT FLUSH, as after a restart): the
+            # next hit loads it again, neither a 503 nor a whoami
+            warm = whoami_calls(backends)
+            server.cli("SCRIPT", "FLUSH")
+            assert (await get(client, a, phone.token)).status_code == 200
+            assert (await get(client, a, laptop.token)).status_code == 401
+            assert whoami_calls(backends) == warm
+
 
 async def test_redis_down_in_strict_mode_is_503_and_nothing_is_relayed(
     tmp_path,

@@ -37,9 +37,12 @@ and raises on Redis trouble: the caller decides (strict: 503, fail closed).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from redis.exceptions import NoScriptError
 
 from sessiongate.cache import CachedSession
 from sessiongate.config import Shared
@@ -80,6 +83,7 @@ class RevocationRecords:
         self._confirm = redis.register_script(_CONFIRM)
         self._abort = redis.register_script(_ABORT)
         self._checks = Batcher(redis, self.timeout)  # see `still_valid`
+        self._loading: asyncio.Future[Any] | None = None
 
     def _target(self, rev: Revocation) -> tuple[str, str]:
         if rev.session_id:
@@ -119,22 +123,32 @@ class RevocationRecords:
         recorded before a request arrived is always seen by it.
         """
         sid, iid = entry.session_id, entry.identity_id
+        keys = (self.all_key, key(self.shared, "rev", "s", sid), key(self.shared, "rev", "i", iid))
 
         def commands(pipe: Any) -> None:
-            pipe.get(self.all_key)
-            pipe.get(key(self.shared, "rev", "s", sid))
-            pipe.hgetall(key(self.shared, "rev", "i", iid))
-            # last: a flush after the records were read changes it, so they are not trusted
-            pipe.get(self.generation_key)
+            # one script, not four commands: a quarter of the client's work per cache hit
+            pipe.execute_command("EVALSHA", _CHECK_SHA, 4, *keys, self.generation_key)
 
-        cleared, session_record, identity_records, generation = await self._checks.run(
-            commands, share=(sid, iid)
-        )
+        try:
+            reply = await self._checks.run(commands, share=(sid, iid))
+        except NoScriptError:  # Redis restarted or SCRIPT FLUSH: load it once, ask again
+            await self._load_check()
+            reply = await self._checks.run(commands, share=(sid, iid))
+        cleared, session_record, flat_identity_records, generation = reply[0]
+        pairs = flat_identity_records
+        identity_records = dict(zip(pairs[::2], pairs[1::2], strict=True))
         if generation is None or generation != entry.generation or generation != self.trusted():
             return False  # Redis lost (or never had) the records that would prove it
         if cleared is not None and _after(cleared, entry.epoch):
             return False
         return _valid(entry, session_record, identity_records)
+
+    async def _load_check(self) -> None:
+        """SCRIPT LOAD of the check, shared by every caller that met NOSCRIPT meanwhile."""
+        if self._loading is None or self._loading.done():
+            self._loading = asyncio.ensure_future(self.redis.script_load(_CHECK))
+        async with asyncio.timeout(self.timeout):
+            await asyncio.shield(self._loading)
 
     async def begin(self, rev: Revocation) -> None:
         """Strict mode, before relaying: an open record refuses every cached copy at once."""
@@ -213,6 +227,14 @@ else
 end
 return n
 """
+
+# still_valid's reads, in this order (the generation last: a flush after the records were
+# read changes it, so they are not trusted); a missing key is false, i.e. nil
+_CHECK = """
+return {redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2]),
+        redis.call('HGETALL', KEYS[3]), redis.call('GET', KEYS[4])}
+"""
+_CHECK_SHA = hashlib.sha1(_CHECK.encode(), usedforsecurity=False).hexdigest()
 
 _ABORT = """
 if ARGV[1] == '' then
