@@ -14,6 +14,7 @@ import base64
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -33,7 +34,7 @@ from proxy_servers import (
 from resources import raw_request
 from sessiongate.config import Settings
 from sessiongate.testing import CreatedSession, FakeKratosServer, UvicornThread
-from test_cli import Running, clean_env, free_port, serve, write_config
+from test_cli import Running, clean_env, free_port, run_cli, serve, write_config
 
 #: the gate's default identity headers: the README configs name exactly these
 IDENTITY = tuple(name.lower() for name in Settings().identity_headers)
@@ -57,7 +58,7 @@ class Gates:
     """Decision-only gates with the README's settings per proxy kind, started on first use."""
 
     kratos: FakeKratosServer
-    tmp: Any  # pytest's TempPathFactory
+    tmp: pytest.TempPathFactory
     stack: ExitStack
     running: dict[tuple[str, bool], Running] = field(default_factory=dict)
 
@@ -90,7 +91,6 @@ class Through:
     gate: Running
     kratos: FakeKratosServer
     app: EchoApp
-    app_url: str
     gates: Gates
 
     def request(
@@ -107,7 +107,7 @@ class Through:
         return self.kratos.fake.login(f"{who}-{self.name}@example.com")
 
     def cookie(self, session: CreatedSession) -> str:
-        return f"{self.kratos.fake.cookie_name}={session.cookie}"
+        return self.kratos.fake.cookie_header(session)
 
     def reached(self) -> int:
         return len(self.app.requests)
@@ -136,12 +136,12 @@ def through(request: pytest.FixtureRequest, gates: Gates, app: UvicornThread) ->
     proxy = start_proxy(kind, binary, gate, app)
     with proxy:
         assert isinstance(app.app, EchoApp)
-        yield Through(
-            request.param, kind, binary, proxy.url, gate, gates.kratos, app.app, app.url, gates
-        )
+        yield Through(request.param, kind, binary, proxy.url, gate, gates.kratos, app.app, gates)
 
 
-def start_proxy(kind: str, binary: str, gate: Running, app: UvicornThread) -> Any:
+def start_proxy(
+    kind: str, binary: str, gate: Running, app: UvicornThread
+) -> NginxServer | CaddyServer:
     gate_port, app_port = urlsplit(gate.url).port, app.port
     assert gate_port is not None
     if kind == "nginx":
@@ -176,6 +176,14 @@ def headers_of(echo: dict[str, Any], name: str) -> list[str]:
 
 
 # -- the tests ------------------------------------------------------------------------------------
+
+
+def test_the_readme_gate_settings_pass_check_config_as_written(tmp_path: Path) -> None:
+    for kind in ("nginx", "caddy"):
+        path = write_config(tmp_path / f"{kind}.yaml", readme_gate(kind))
+        result = run_cli("check-config", "--config", str(path))
+        assert result.returncode == 0, (kind, result.stdout, result.stderr)
+        assert "configuration OK" in result.stdout
 
 
 def test_the_readme_configs_name_every_identity_header() -> None:
@@ -389,6 +397,10 @@ def test_forged_forwarded_headers_and_path_tricks_never_get_a_protected_request_
     ):
         status, _, body = raw_request(through.url, target, FORGED)
         assert status in (400, 401), (target, status, body)
+    # an HTTP/1.0 request without Host names no original host: refused (nginx: the gate's 400
+    # becomes its 500)
+    status, _, body = raw_request(through.url, "/secret", FORGED, host=None, version="1.0")
+    assert status in (400, 500), (status, body)
     assert through.reached() == seen
     # the public path itself passes without a session, forged headers or not
     assert through.request("GET", PUBLIC, FORGED).status_code == 200
