@@ -12,14 +12,14 @@ from typing import Any
 
 import yaml
 
-from readme_blocks import readme_block
+from proxy_servers import readme_config, readme_gate
 from sessiongate.config import Settings
 
 CREDENTIALS = ("cookie", "x-session-token", "authorization")
 
 
 def gate(name: str) -> Settings:
-    return Settings.model_validate(yaml.safe_load(readme_block("forward-auth-gate", name)))
+    return Settings.model_validate(readme_gate(name))
 
 
 def identity_names(settings: Settings) -> list[str]:
@@ -35,7 +35,7 @@ def spellings(name: str) -> set[str]:
 
 def test_every_proxy_has_a_config_and_gate_settings_that_load():
     for name in ("nginx", "caddy", "traefik", "ingress-nginx", "envoy"):
-        readme_block("forward-auth-config", name)
+        readme_config(name)
         assert gate(name).forward_auth.enabled
 
 
@@ -43,7 +43,7 @@ def test_every_proxy_has_a_config_and_gate_settings_that_load():
 
 
 def traefik_middleware() -> dict[str, Any]:
-    config = yaml.safe_load(readme_block("forward-auth-config", "traefik"))
+    config = yaml.safe_load(readme_config("traefik"))
     return config["http"]["middlewares"]["sessiongate"]["forwardAuth"]
 
 
@@ -68,7 +68,7 @@ def test_traefik_deletes_every_spelling_of_identity_and_credential_headers():
 
 
 def ingress_annotations() -> dict[str, str]:
-    config = yaml.safe_load(readme_block("forward-auth-config", "ingress-nginx"))
+    config = yaml.safe_load(readme_config("ingress-nginx"))
     prefix = "nginx.ingress.kubernetes.io/"
     return {
         k.removeprefix(prefix): v
@@ -94,7 +94,7 @@ def test_ingress_nginx_replaces_identity_and_credential_headers():
 
 
 def envoy_filters() -> tuple[dict[str, Any], dict[str, Any]]:
-    config = yaml.safe_load(readme_block("forward-auth-config", "envoy"))
+    config = yaml.safe_load(readme_config("envoy"))
     listener = config["static_resources"]["listeners"][0]
     manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
     ext_authz = next(
