@@ -201,8 +201,8 @@ def nginx_conf(work: Path, ports: dict[str, int]) -> Path:
               proxy_set_header Connection ""; proxy_pass_request_body off;
               proxy_set_header Content-Length ""; }} }}
 
-          # auth_request to sessiongate's decision endpoint (forward_auth.source: path), no
-          # cache: the README's nginx config reduced to what the load exercises
+          # auth_request to sessiongate's decision endpoint, no cache: the README's nginx
+          # config (forward_auth.source: forwarded) without what the load does not exercise
           upstream decisions {{ server 127.0.0.1:{ports["decisions"]}; keepalive 256; }}
           server {{ listen 127.0.0.1:{ports["authreq_gate"]};
             location / {{ auth_request /_sg; proxy_pass http://backend;
@@ -216,9 +216,13 @@ def nginx_conf(work: Path, ports: dict[str, int]) -> Path:
                          proxy_set_header Cookie $sg_cookie;
                          proxy_http_version 1.1; proxy_set_header Connection ""; }}
             location = /_sg {{ internal;
-              proxy_pass http://decisions/decisions$request_uri; proxy_http_version 1.1;
+              proxy_pass http://decisions/decisions; proxy_http_version 1.1;
               proxy_set_header Connection ""; proxy_pass_request_body off;
-              proxy_set_header Content-Length ""; }} }}
+              proxy_set_header Content-Length "";
+              proxy_set_header X-Forwarded-Method $request_method;
+              proxy_set_header X-Forwarded-Proto $scheme;
+              proxy_set_header X-Forwarded-Host $http_host;
+              proxy_set_header X-Forwarded-Uri $request_uri; }} }}
         }}""")
     )
     return conf
@@ -336,7 +340,7 @@ def gate_config(
         + (
             f'upstream: {{url: "{upstream}", max_connections: 512}}\n'
             if upstream
-            else "forward_auth: {enabled: true, source: path}\n"
+            else "forward_auth: {enabled: true, source: forwarded, deny_browsers: header}\n"
         )
         + (f"shared: {{{shared}}}\n" if shared else "")
     )
