@@ -44,7 +44,14 @@ from sessiongate.client_address import TrustedProxies
 from sessiongate.config import Settings
 from sessiongate.credentials import is_bearer, without_session_cookies
 from sessiongate.decide import Decider, host_origin
-from sessiongate.gatekeeper import REQUEST_ORIGIN, WWW_AUTHENTICATE, Gatekeeper, Pass
+from sessiongate.gatekeeper import (
+    NO_CREDENTIAL,
+    REQUEST_ORIGIN,
+    WWW_AUTHENTICATE,
+    Gatekeeper,
+    Pass,
+)
+from sessiongate.observe import RECORD, record_of
 from sessiongate.responses import send_error
 
 log = logging.getLogger("sessiongate.forward_auth")
@@ -145,7 +152,10 @@ class ForwardAuth:
 
     async def decide(self, scope: Scope, send: Send) -> None:
         head = scope["method"] == "HEAD"  # the call's own: what its answer may carry
+        record = record_of(scope)
         if not self.callers.peer_is_trusted(scope):
+            if record is not None:
+                record.decide("denied", "untrusted_caller")
             await send_error(
                 send, 403, reason="This address may not ask for forward-auth decisions.", head=head
             )
@@ -153,11 +163,18 @@ class ForwardAuth:
         try:
             original, websocket = self.original_request(scope)
         except BadInput as exc:
+            if record is not None:
+                record.decide("bad_request", "bad_forwarded")
             log.debug("forward auth: 400: %s", exc)
             await send_error(send, 400, reason=str(exc), head=head)
             return
         gatekeeper = self.gatekeeper
+        if record is not None:
+            # the decision is the original request's: the gatekeeper notes it there
+            original[RECORD] = record
         if self.preflights_pass and Decider.is_preflight(original["method"], original["headers"]):
+            if record is not None:
+                record.decide("public", "preflight")
             await self._allow(send, scope["headers"], None)
             return
         if (
@@ -165,10 +182,16 @@ class ForwardAuth:
             and self.refuses_origin is not None
             and self.refuses_origin({**original, "type": "websocket"})
         ):
+            if record is not None:
+                record.decide("denied", "foreign_origin")
             await send_error(send, 403, reason="Cross-site WebSocket handshake.", head=head)
             return
         result = gatekeeper.quick(original) or await gatekeeper.judge(original)
         if isinstance(result, Pass):
+            if record is not None:
+                session = result.session
+                record.decide("public" if session is None else "allowed")
+                record.identity_id = "" if session is None else session.identity_id
             await self._allow(send, scope["headers"], result.session)
             return
         if self.header_mode and await self._login_header(original, send, result, head):
@@ -325,6 +348,9 @@ class ForwardAuth:
         location = self.gatekeeper.browser_redirect(original, denial)
         if location is None:
             return False
+        record = record_of(original)
+        if record is not None:  # a login redirect the proxy makes from this 401
+            record.denied(denial.kind, redirected=True, credential=denial is not NO_CREDENTIAL)
         aal = denial.kind == "aal"
         await send_error(
             send,

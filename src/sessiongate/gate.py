@@ -22,6 +22,7 @@ import httpx
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import Receive, Scope, Send
 
+from sessiongate.cache import CachedSession
 from sessiongate.config import (
     ConfigError,
     Settings,
@@ -33,6 +34,7 @@ from sessiongate.decide import Decider
 from sessiongate.forward_auth import ForwardAuth
 from sessiongate.gatekeeper import Gatekeeper
 from sessiongate.kratos import KratosClient
+from sessiongate.observe import Observers, RequestRecord, record_of
 from sessiongate.proxy import UpstreamProxy
 from sessiongate.relay import SessionsRelay
 from sessiongate.responses import send_error, send_json
@@ -112,6 +114,8 @@ class Gate:
         if self.relay is not None and self.revocations is not None:
             self.relay.published = self.revocations.flush
             self.relay.handlers.on_forget = self.revocations.forgot
+        # who watches each request (metrics, access log): a record per request when any does
+        self.observers = Observers()
         self._worker_tag = (
             [(b"x-sessiongate-worker", str(os.getpid()).encode())]
             if os.environ.get(TAG_WORKER_ENV)
@@ -186,6 +190,12 @@ class Gate:
             send = _tagged(send, self._worker_tag)
         if kind == "lifespan":
             await self._lifespan(receive, send)
+        elif self.observers and kind in ("http", "websocket"):
+            record, send = self.observers.start(scope, send)
+            try:
+                await self._entry(scope, receive, send)
+            finally:
+                self.observers.finish(scope, record)
         else:
             await self._entry(scope, receive, send)
 
@@ -199,24 +209,35 @@ class Gate:
             if not self.cors_all:
                 # CORS headers on the relay and on the gate's own answers, not on the app's
                 scope[RAW_SEND] = send
+            record = record_of(scope)
+            if record is not None and Decider.is_preflight(scope["method"], scope["headers"]):
+                record.decide("public", "preflight")  # CORSMiddleware may answer it itself
             await self.cors(scope, receive, send)
         elif kind == "websocket":
             await self._websocket(scope, receive, send)
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         guard = self.websockets
-        if not Decider.has_one_host(scope["headers"]) or guard.refuses_origin(scope):
+        record = record_of(scope)
+        one_host = Decider.has_one_host(scope["headers"])
+        if not one_host or guard.refuses_origin(scope):
             # no single Host (origin and X-Forwarded-Host could disagree), or cross-site
             # WebSocket hijacking: closed before accept, the server answers 403
+            if record is not None:
+                record.decide(*(("denied", "foreign_origin") if one_host else _BAD_HOST))
             await send({"type": "websocket.close", "code": 1008})
             return
         proxy = self.proxy
         if proxy is None:  # a decision service: no app to relay a socket to
+            if record is not None:
+                record.decide("gate", "no_app")
             await send({"type": "websocket.close", "code": 1008})
             return
         admitted = await self.gatekeeper.check(scope, send)
         if admitted is None:
             return
+        if record is not None:
+            _admitted(record, admitted.session)
         # WebSockets have their own budget, apart from the HTTP requests' connections
         limits = proxy.limits
         client = await limits.admit_websocket(scope, send)
@@ -233,31 +254,46 @@ class Gate:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"]
+        record = record_of(scope)
         if not path.startswith("/"):  # `OPTIONS *`, or an absolute form the server kept whole
+            if record is not None:
+                record.decide("bad_request", "bad_target")
             await send_error(send, 400, reason="The request target must be a path.")
             return
         if not Decider.has_one_host(scope["headers"]):
+            if record is not None:
+                record.decide(*_BAD_HOST)
             await send_error(send, 400, reason="The request must carry exactly one Host header.")
             return
         if path in (HEALTH_ALIVE, HEALTH_READY):
+            if record is not None:
+                record.decide("gate", "health")
             await self._health(path, send)
             return
         if self.relay is not None and self.relay.matches(path):
+            if record is not None:
+                record.decide("relay")
             await self.relay(scope, receive, send)
             return
         proxy = self.proxy
         if proxy is None:
+            if record is not None:
+                record.decide("gate", "no_app")
             await send_error(send, 404, reason=self._no_app)
             return
         gatekeeper = self.gatekeeper
         if self.app_preflights and Decider.is_preflight(scope["method"], scope["headers"]):
             # `apply_to: sessions` and not the relay's (see `_app_preflight`): the app answers
             # its own preflights, which browsers send without credentials.
+            if record is not None:
+                record.decide("public", "preflight")
             headers = gatekeeper.identity.strip(scope["headers"])
             await proxy.forward(scope, receive, scope.get(RAW_SEND, send), headers)
             return
         admitted = gatekeeper.quick(scope) or await gatekeeper.check(scope, send)
         if admitted is not None:
+            if record is not None:
+                _admitted(record, admitted.session)
             # the app's answer bypasses CORS (apply_to: sessions); the proxy's own errors do not
             await proxy.forward(
                 scope, receive, scope.get(RAW_SEND, send), admitted.headers, error_send=send
@@ -341,6 +377,17 @@ class Gate:
             await self.proxy.aclose()
         await self.kratos.aclose()
         await self.gatekeeper.aclose()
+
+
+_BAD_HOST = ("bad_request", "bad_host")
+
+
+def _admitted(record: RequestRecord, session: CachedSession | None) -> None:
+    if session is None:
+        record.decide("public")
+    else:
+        record.decide("allowed")
+        record.identity_id = session.identity_id
 
 
 def _tagged(send: Send, tag: list[tuple[bytes, bytes]]) -> Send:

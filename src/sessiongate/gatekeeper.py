@@ -29,6 +29,7 @@ from sessiongate.credentials import (
 from sessiongate.decide import Decider
 from sessiongate.identity_headers import IdentityHeaders
 from sessiongate.kratos import KratosClient
+from sessiongate.observe import record_of
 from sessiongate.redirects import safe_return_to, with_query
 from sessiongate.responses import send_error, send_redirect
 from sessiongate.shared_sessions import attach
@@ -40,6 +41,8 @@ WWW_AUTHENTICATE = (b"www-authenticate", b'Bearer realm="sessiongate"')
 #: Scope key: the origin the request was made to, when it is not the gate's (forward auth)
 REQUEST_ORIGIN = "sessiongate.request_origin"
 FINGERPRINT_MEMO = 16_384
+#: no credential at all (as against one Kratos refused: `authenticate.ANONYMOUS`)
+NO_CREDENTIAL = Denial("anonymous", "No valid session credentials found in the request.")
 
 
 @dataclass(slots=True)
@@ -114,9 +117,7 @@ class Gatekeeper:
                 self._keys_by_fingerprint.clear()
             self._keys_by_fingerprint[fingerprint] = credential.cache_key
         if credential is None:
-            result: CachedSession | Denial = Denial(
-                "anonymous", "No valid session credentials found in the request."
-            )
+            result: CachedSession | Denial = NO_CREDENTIAL
         else:
             result = await self.authenticator.authenticate(credential)
         if isinstance(result, CachedSession):
@@ -148,6 +149,11 @@ class Gatekeeper:
         """Answer `denial` for this request. `head`: whether the answer goes without a body,
         when that is not the request's own method (a decision answers the proxy's call)."""
         location = self.browser_redirect(scope, denial)
+        record = record_of(scope)
+        if record is not None:
+            record.denied(
+                denial.kind, redirected=location is not None, credential=denial is not NO_CREDENTIAL
+            )
         if location is not None:
             await send_redirect(send, location)
             return

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import httpx
@@ -30,6 +31,7 @@ from sessiongate.config import Settings, config_warnings, load_settings, ory_api
 from sessiongate.decide import Decider
 from sessiongate.gatekeeper import Gatekeeper, Pass
 from sessiongate.kratos import KratosClient
+from sessiongate.observe import Observers, record_of
 from sessiongate.responses import send_error
 from sessiongate.revocations import Revocations
 from sessiongate.websocket_guard import SocketWatch, WebSocketGuard
@@ -106,6 +108,8 @@ class SessionGateMiddleware:
         self.websockets = WebSocketGuard(
             gk.decider, gk.cookie_matcher, gk.authenticator, gk.cache, cors.allows
         )
+        # who watches each request (metrics): a record per request when any does
+        self.observers = Observers()
         for warning in config_warnings(self.settings):
             log.warning("configuration: %s", warning)
         # The shared mode: `cache.evict_*` reach every process through Redis; an app that must
@@ -133,9 +137,23 @@ class SessionGateMiddleware:
                 return
             await self.app(scope, receive, send)
             return
-        if not Decider.has_one_host(scope["headers"]) or (
-            scope["type"] == "websocket" and self.websockets.refuses_origin(scope)
-        ):
+        if not self.observers:
+            await self._gated(scope, receive, send)
+            return
+        record, send = self.observers.start(scope, send)
+        try:
+            await self._gated(scope, receive, send)
+        finally:
+            self.observers.finish(scope, record)
+
+    async def _gated(self, scope: Scope, receive: Receive, send: Send) -> None:
+        record = record_of(scope)
+        one_host = Decider.has_one_host(scope["headers"])
+        if not one_host or (scope["type"] == "websocket" and self.websockets.refuses_origin(scope)):
+            if record is not None:
+                record.decide(
+                    *(("denied", "foreign_origin") if one_host else ("bad_request", "bad_host"))
+                )
             if scope["type"] == "http":
                 await send_error(
                     send, 400, reason="The request must carry exactly one Host header."
@@ -151,10 +169,18 @@ class SessionGateMiddleware:
         ):
             # the app's CORS layer answers it; browsers send preflights without credentials
             admitted = Pass(None, gatekeeper.identity.strip(scope["headers"]))
+            if record is not None:
+                record.decide("public", "preflight")
         else:
             admitted = gatekeeper.quick(scope) or await gatekeeper.check(scope, send)
-        if admitted is None:
-            return
+            if admitted is None:
+                return
+            if record is not None:
+                entry = admitted.session
+                record.decide("public" if entry is None else "allowed")
+                record.identity_id = "" if entry is None else entry.identity_id
+        if record is not None:
+            record.upstream_at = time.perf_counter()  # the app's time is not the gate's
         # The scope is this request's own (servers build one per request): annotate it in place,
         # as Starlette's AuthenticationMiddleware does.
         scope["headers"] = admitted.headers

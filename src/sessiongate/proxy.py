@@ -25,7 +25,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import aiohttp
 from starlette.types import Message, Receive, Scope, Send
@@ -33,6 +35,7 @@ from yarl import URL
 
 from sessiongate.client_address import TrustedProxies
 from sessiongate.credentials import is_bearer, without_session_cookies
+from sessiongate.observe import record_of
 from sessiongate.responses import send_error
 from sessiongate.upstream_limits import RETRY_AFTER, UpstreamLimits
 
@@ -227,8 +230,16 @@ async def _receive_by(receive: Receive, idle: float | None, deadline: float | No
         raise ClientStalled from None
 
 
-async def _too_slow(send: Send) -> None:
-    await send_error(send, 408, reason="The request body did not arrive in time.")
+async def _too_slow(scope: Scope, send: Send) -> None:
+    await _refuse(scope, send, 408, reason="The request body did not arrive in time.")
+
+
+async def _refuse(scope: Scope, send: Send, status: int, **error: Any) -> None:
+    """The proxy's own answer instead of the app's (noted for the observers)."""
+    record = record_of(scope)
+    if record is not None:
+        record.upstream_error = str(status)
+    await send_error(send, status, **error)
 
 
 class UpstreamProxy:
@@ -421,7 +432,8 @@ class UpstreamProxy:
         trusted = self.trusted.peer_is_trusted(scope)  # once per request: False when none set
         client = limits.client_key(scope, trusted)
         if not limits.enter(client) and not await limits.enter_waiting(client, scope):
-            await send_error(
+            await _refuse(
+                scope,
                 answer,
                 429,
                 reason="Too many requests from this client are in progress.",
@@ -459,7 +471,7 @@ class UpstreamProxy:
                 try:
                     message = await _receive_by(receive, idle, deadline)
                 except ClientStalled:
-                    await _too_slow(answer)
+                    await _too_slow(scope, answer)
                     return
                 if message["type"] == "http.disconnect":
                     return
@@ -479,7 +491,8 @@ class UpstreamProxy:
             more = message.get("more_body", False)
         limits = self.limits
         if more and not limits.take_upload_share(client):
-            await send_error(
+            await _refuse(
+                scope,
                 answer,
                 429,
                 reason="Too many uploads from this client are in progress.",
@@ -501,7 +514,8 @@ class UpstreamProxy:
         try:
             admitted = limits.try_acquire(more) or await limits.acquire(more)
             if not admitted:
-                await send_error(
+                await _refuse(
+                    scope,
                     answer,
                     503,
                     reason="The protected app is busy; try again shortly.",
@@ -509,6 +523,9 @@ class UpstreamProxy:
                     head=method == "HEAD",
                 )
                 return
+            record = record_of(scope)
+            if record is not None:
+                record.upstream_at = time.perf_counter()
             async with self.session().request(
                 method,
                 self.target(scope),
@@ -523,7 +540,7 @@ class UpstreamProxy:
                     # relayed, the client would take the connection for another protocol
                     resp.close()
                     log.warning("upstream %s: unsolicited 101 Switching Protocols", self.base)
-                    await send_error(answer, 502, reason="The protected app answered badly.")
+                    await _refuse(scope, answer, 502, reason="The protected app answered badly.")
                     return
                 await send(
                     {
@@ -566,11 +583,11 @@ class UpstreamProxy:
         except aiohttp.ConnectionTimeoutError:
             # could not even connect in time: the app is unreachable, not slow
             log.warning("upstream %s: connect timeout", self.base)
-            await send_error(answer, 502, reason="The protected app could not be reached.")
+            await _refuse(scope, answer, 502, reason="The protected app could not be reached.")
         except (TimeoutError, aiohttp.ServerTimeoutError):
             if started:
                 raise  # too late for a status: let the server drop the connection
-            await send_error(answer, 504, reason="The protected app did not answer in time.")
+            await _refuse(scope, answer, 504, reason="The protected app did not answer in time.")
         except (
             aiohttp.ClientConnectorError,
             aiohttp.ClientOSError,
@@ -583,12 +600,12 @@ class UpstreamProxy:
                 return  # aiohttp wraps what the body iterator raised: the client left mid-upload
             if isinstance(exc.__cause__, ClientStalled) and not started:
                 # a stalled upload must not hold an upstream connection for ever
-                await _too_slow(answer)
+                await _too_slow(scope, answer)
                 return
             if started:
                 raise
             log.warning("upstream %s failed: %s", self.base, type(exc).__name__)
-            await send_error(answer, 502, reason="The protected app could not be reached.")
+            await _refuse(scope, answer, 502, reason="The protected app could not be reached.")
         finally:
             watch.stop()
             if admitted:
@@ -634,6 +651,9 @@ class UpstreamProxy:
         upstream_headers = self.upstream_headers(
             scope, [(n, v) for n, v in headers if n not in _WS_HANDSHAKE]
         )
+        record = record_of(scope)
+        if record is not None:
+            record.upstream_at = time.perf_counter()
         try:
             ws = await self.session().ws_connect(
                 self.target(scope, websocket=True),
