@@ -124,10 +124,17 @@ class Procs:
     def start(
         self, args: list[str], cores: str = SERVER_CORE, **kwargs: object
     ) -> subprocess.Popen[bytes]:
+        # BENCH_LOGS=dir keeps every server's output there (one file per process)
+        logs = os.environ.get("BENCH_LOGS")
+        out = (
+            open(Path(logs) / f"server-{len(self.items)}.log", "ab")  # noqa: SIM115
+            if logs
+            else subprocess.DEVNULL
+        )
         proc = subprocess.Popen(
             ["taskset", "-c", cores, *args],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT if logs else subprocess.DEVNULL,
             start_new_session=True,
             **kwargs,
         )  # type: ignore[call-overload]

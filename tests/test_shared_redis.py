@@ -121,3 +121,33 @@ async def test_a_stalled_server_fails_every_call_of_the_pipeline_within_its_time
         server.cont()
         await batcher.aclose()
         await client.aclose()
+
+
+async def test_a_busy_event_loop_does_not_make_a_prompt_redis_count_as_slow(
+    redis_servers: RedisServers,  # noqa: F811
+):
+    """A burst (a cold start) keeps the loop busy past `timeout` while Redis has long answered:
+    the calls get their replies, not a timeout that would send each to whoami on its own."""
+    server = redis_servers.start()
+    client = connect(Shared(redis_url=server.url, timeout=5), environ={})
+    batcher = Batcher(client, timeout=0.2)
+    try:
+        await client.ping()
+        loop = asyncio.get_running_loop()
+        # Redis answers after 50 ms; from 10 ms on the loop is busy for 0.4 s
+        loop.call_later(0.01, time.sleep, 0.4)
+
+        def commands(pipe, n):  # type: ignore[no-untyped-def]
+            if n == 0:
+                pipe.execute_command("DEBUG", "SLEEP", "0.05")
+            pipe.echo(f"r{n}")
+
+        gathered = asyncio.gather(
+            *(batcher.run(lambda pipe, n=n: commands(pipe, n)) for n in range(20)),
+            return_exceptions=True,
+        )
+        outcomes = await gathered
+        assert outcomes == [[b"OK", b"r0"]] + [[f"r{n}".encode()] for n in range(1, 20)], outcomes
+    finally:
+        await batcher.aclose()
+        await client.aclose()

@@ -259,3 +259,26 @@ async def test_waiters_for_a_lock_are_not_held_when_redis_goes_away(
             waited = time.monotonic() - started
         # without the wake-up: the lock's 2 s, then its own whoami
         assert waited < 1.5, waited
+
+
+async def test_a_flapping_redis_is_one_log_line_not_one_per_flap(
+    tmp_path,
+    backends: Backends,  # noqa: F811
+    redis_servers: RedisServers,  # noqa: F811
+):
+    fake = backends.kratos.fake
+    server = redis_servers.start()
+    with fleet(tmp_path, backends, server, count=1, timeout="100ms") as (a,):
+        async with httpx.AsyncClient(timeout=10) as client:
+            for n in range(3):  # stalled, then back, three times; a new session each way
+                server.stop()
+                try:
+                    token = fake.login(f"down{n}@example.com").token
+                    assert (await get(client, a, token)).status_code == 200
+                finally:
+                    server.cont()
+                token = fake.login(f"up{n}@example.com").token
+                assert (await get(client, a, token)).status_code == 200
+        output = a.output()
+    assert output.count("shared session cache unavailable") == 1, output
+    assert output.count("shared session cache available again") == 1, output

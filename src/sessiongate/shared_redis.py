@@ -106,6 +106,8 @@ _Call = tuple[Commands, Hashable, "asyncio.Future[list[Any]]"]
 
 #: Calls per pipeline: a larger burst is split, so no single reply takes long to parse.
 BATCH = 256
+#: A deadline noticed this late (s) means a busy event loop, not (only) a slow Redis.
+LATE = 0.02
 
 
 class Batcher:
@@ -152,8 +154,7 @@ class Batcher:
                     spans[share] = span
             placed.append(span)
         try:
-            async with asyncio.timeout(self.timeout):
-                replies = await pipe.execute()
+            replies = await self._execute(pipe)
         except BaseException as exc:
             failure = exc if isinstance(exc, Exception) else TimeoutError()
             for _, _, future in batch:
@@ -166,7 +167,43 @@ class Batcher:
             if not future.done():
                 future.set_result(replies[start:end])
 
+    async def _execute(self, pipe: Any) -> list[Any]:
+        """`pipe.execute()` within `timeout`. When the deadline is noticed late (the event loop
+        was busy: a burst, a cold start), the reply may already be waiting in the socket, and
+        a Redis that answered in time must not count as slow (each caller would then ask whoami
+        on its own): it gets one more `timeout` from then to be read."""
+        loop = asyncio.get_running_loop()
+        work = asyncio.ensure_future(pipe.execute())
+        deadline = loop.time() + self.timeout
+        expired = False
+
+        def expire(again: bool) -> None:
+            nonlocal expired, timer
+            if work.done():
+                return
+            if again and loop.time() - deadline > LATE:
+                timer = loop.call_later(self.timeout, expire, False)
+                return
+            expired = True
+            work.cancel()
+
+        timer = loop.call_at(deadline, expire, True)
+        try:
+            return await work
+        except asyncio.CancelledError:
+            if expired and not _cancelling():
+                raise TimeoutError from None
+            raise
+        finally:
+            timer.cancel()
+
     async def aclose(self) -> None:
         """Let calls already asked for finish (each within `timeout`)."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+def _cancelling() -> bool:
+    """Whether the current task itself is being cancelled (not just what it awaited)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

@@ -56,6 +56,8 @@ _MAC_BYTES = 32
 _FAILURES = (RedisError, OSError, TimeoutError, asyncio.TimeoutError)
 #: What `validate` returns in strict mode when Redis fails (the caller answers 503).
 UNAVAILABLE = object()
+#: "unavailable" is logged at most this often (s); each one is followed by "available again"
+FLAP_LOG_INTERVAL = 30.0
 
 
 def derive(secret: bytes, purpose: bytes) -> bytes:
@@ -146,6 +148,8 @@ class SharedSessions:
         self._waiters: dict[str, asyncio.Future[None]] = {}
         self._listener: asyncio.Task[None] | None = None
         self._down = False
+        self._logged_down = -FLAP_LOG_INTERVAL  # when "unavailable" was last logged
+        self._down_logged = False  # ... and not yet followed by "available again"
         self.redis_hits = 0  # for tests and the benchmark
 
     # -- the miss path --------------------------------------------------------------------------
@@ -399,15 +403,22 @@ class SharedSessions:
     def _failed(self, exc: BaseException) -> None:
         if not self._down:
             self._down = True
-            log.warning(
-                "shared session cache unavailable (%s); validating sessions locally",
-                type(exc).__name__,
-            )
+            # a Redis at the edge of shared.timeout flaps: one line per FLAP_LOG_INTERVAL
+            now = time.monotonic()
+            if now - self._logged_down >= FLAP_LOG_INTERVAL:
+                self._logged_down = now
+                self._down_logged = True
+                log.warning(
+                    "shared session cache unavailable (%s); validating sessions locally",
+                    type(exc).__name__,
+                )
 
     def _up(self) -> None:
         if self._down:
             self._down = False
-            log.warning("shared session cache available again")
+            if self._down_logged:
+                self._down_logged = False
+                log.warning("shared session cache available again")
 
     async def aclose(self) -> None:
         for task in list(self._tasks):  # give pending writes their deadline, then stop
