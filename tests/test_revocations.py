@@ -157,9 +157,12 @@ async def test_redis_down_degrades_then_recovers_without_losing_a_revocation(pai
     await _until(lambda: b.rev.healthy and a.rev.healthy, 5, "both follow again")
     await _until(lambda: b.cache.get(b"new") is None, 3, "the late revocation reached b")
     assert b.cache.ttl == 60.0
+    # the late revocation is on the stream (b may have dropped its cache for the gap first)
+    await _until(
+        lambda: any("appended again" in r.getMessage() for r in caplog.records), 3, "appended"
+    )
     degraded = [r for r in caplog.records if "unreachable" in r.getMessage()]
     assert len(degraded) == 2  # logged once per transition, by each of the two processes
-    assert any("appended again" in r.getMessage() for r in caplog.records)
 
 
 async def test_slow_redis_still_gets_every_revocation(pair):
@@ -316,3 +319,21 @@ async def test_a_follower_that_dies_or_hangs_degrades_and_comes_back(pair, how, 
     a.cache.evict_session("s1")
     assert await a.rev.flush()
     await _until(lambda: b.cache.get(b"k-b") is None, BOUND, "evicted at b again")
+
+
+async def test_entries_live_their_full_ttl_as_soon_as_the_follower_has_its_place(
+    redis_servers: RedisServers,  # noqa: F811
+):
+    """A start-up's first sessions are cached for cache.ttl, not shared.degraded_ttl: the
+    follower counts as connected once it holds a place in the stream, not only when its first
+    blocking read returns (BLOCK_MS later), so they are not validated again seconds later."""
+    server = redis_servers.start()
+    node = Node(server)
+    assert node.cache.ttl == 5.0  # connecting: capped at degraded_ttl
+    node.start()
+    try:
+        await _until(lambda: node.rev._generation is not None, 5, "a place in the stream")
+        assert node.rev.state == "connected"
+        assert node.cache.ttl == 60.0
+    finally:
+        await node.rev.aclose()
