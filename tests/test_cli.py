@@ -238,6 +238,8 @@ def gate_config(tmp_path: Path, backends: Backends, port: int, **extra: Any) -> 
         "ory": {"public_url": backends.kratos.public_url, "timeout": "2s"},
         "upstream": {"url": backends.upstream.url, "timeout": 5, "connect_timeout": 1},
         "access": {"login_url": "http://127.0.0.1:4433/self-service/login/browser"},
+        # a free port: gates of several tests (and fleets) may run at once
+        "metrics": {"port": 0},
         **extra,
     }
     return write_config(tmp_path / "gate.yaml", data)
