@@ -531,8 +531,8 @@ class MetricsListener:
             )
         except OSError as exc:
             raise MetricsListenerError(
-                f"metrics.port: cannot listen on {host}:{port} for the metrics "
-                f"({exc.strerror or exc}); choose a free port, or 0 for any"
+                f"metrics.port: cannot listen on {host}:{port} ({exc.strerror or exc}); "
+                f"choose a free port, or 0 for any"
             ) from exc
         self.host = host
         self.port = int(self.server.server_address[1])
