@@ -512,11 +512,9 @@ def test_serve_refuses_a_metrics_port_in_use(tmp_path, backends):
     assert result.returncode == 1, result.stdout + result.stderr
     # one clear line naming the key, no traceback
     assert "Traceback" not in result.stderr, result.stderr
-    assert (
-        result.stderr.strip()
-        .splitlines()[-1]
-        .startswith(f"sessiongate: cannot start: metrics.port: cannot listen on 127.0.0.1:{busy} (")
-    ), result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    expected = f"sessiongate: cannot start: metrics.port: cannot listen on 127.0.0.1:{busy} ("
+    assert last.startswith(expected), result.stderr
     assert "Starting granian" not in result.stdout + result.stderr  # before any worker
 
 
