@@ -147,7 +147,8 @@ class _Pending:
 
 
 class _PendingHistogram:
-    """A histogram and the observations since the last flush, counted per bucket."""
+    """A histogram and the observations since the last flush, counted per bucket (`finish`
+    adds to `counts` and `total` itself)."""
 
     __slots__ = ("bounds", "counts", "histogram", "total")
 
@@ -160,11 +161,6 @@ class _PendingHistogram:
         # one value per bucket (`_buckets`, not cumulative, +Inf last) and the sum (`_sum`)
         if len(histogram._buckets) != len(self.counts):  # pragma: no cover (a library change)
             raise RuntimeError("prometheus_client's Histogram changed: update metrics.py")
-
-    def observe(self, value: float) -> None:
-        # `le` is inclusive: the first bound >= value
-        self.counts[bisect_left(self.bounds, value)] += 1
-        self.total += value
 
     def flush(self) -> None:
         counts = self.counts
@@ -336,8 +332,9 @@ class Metrics:
             pending = self._request_pending(*bounded(record))
         pending.n += 1
         if record.kind == "http":  # a WebSocket's duration is the socket's life
-            # record.overhead / .duration and _PendingHistogram.observe, inlined: this runs
-            # for every request (perf_counter never goes back: no negative spans)
+            # record.overhead / .duration and the histograms' updates, inlined: this runs for
+            # every request (perf_counter never goes back: no negative spans). A bucket's `le`
+            # is inclusive: the first bound >= the value (bisect_left)
             started, finished = record.started, record.finished
             overhead = (record.upstream_at or finished) - started
             duration = finished - started
@@ -392,6 +389,8 @@ class Metrics:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # an app's thread (gate.cache.evict_* from sync code): no timer
             return
+        if self._loop is not None and loop is not self._loop and not self._loop.is_closed():
+            return  # another loop's thread: the gate's own loop flushes (the buffers are its)
         self._armed = True
         self._loop = loop
         self._timer = loop.call_later(self.flush_interval, self._tick)
