@@ -12,6 +12,7 @@ figure is "one core for the server". Started per run:
   nginx cache, so a revocation is refused on the next request), the gate on the same core;
 * reference: a straightforward Starlette + httpx gate with a dict cache (`reference_gate.py`);
 * sessiongate in proxy mode, `sessiongate serve` under granian (the default) and uvicorn;
+* the granian row again with `metrics: {enabled: false}`: what the metrics (on by default) cost;
 * sessiongate middleware mode around a minimal ASGI app, and that app bare.
 
 wrk runs for a bounded duration at each concurrency with N sessions rotating through the
@@ -56,6 +57,9 @@ STRICT = "sessiongate 2 workers, shared strict"
 # forward auth (issue 13): nginx auth_request to the decision endpoint, and its no-cache anchor
 DECISIONS = "nginx auth_request -> sessiongate decisions"
 NO_CACHE = "nginx auth_request, no cache"
+# metrics (issue 14): the same build with `metrics: {enabled: false}` beside the default (on)
+GRANIAN = "sessiongate proxy (granian)"
+METRICS_OFF = "sessiongate proxy (granian), metrics off"
 BENCH_SECRET = "bench-secret-bench-secret-0123456789abcdef"  # noqa: S105 (loopback bench)
 
 
@@ -334,8 +338,10 @@ def gate_config(
     server: str = "granian",
     workers: int = 1,
     shared: str = "",
+    metrics: bool = True,
 ) -> Path:
-    """A gate's settings; without `upstream` it is a decision service (forward auth)."""
+    """A gate's settings; without `upstream` it is a decision service (forward auth). Metrics
+    are on (the default) on a free port, or off."""
     path = work / f"gate_{port}.yaml"
     path.write_text(
         textwrap.dedent(f"""
@@ -350,6 +356,7 @@ def gate_config(
             else "forward_auth: {enabled: true, source: forwarded, deny_browsers: header}\n"
         )
         + (f"shared: {{{shared}}}\n" if shared else "")
+        + ("metrics: {port: 0}\n" if metrics else "metrics: {enabled: false}\n")
     )
     return path
 
@@ -518,6 +525,11 @@ def main() -> int:
                     "--config",
                     str(gate_config(work, ports, port, backend, server)),
                 ]
+            off_port = free_port()
+            servers[METRICS_OFF] = [
+                *(PYTHON, "-m", "sessiongate.cli", "serve", "--config"),
+                str(gate_config(work, ports, off_port, backend, "granian", metrics=False)),
+            ]
             two_port = free_port()
             servers[TWO_WORKERS] = [
                 PYTHON,
@@ -572,7 +584,8 @@ def main() -> int:
             servers["middleware mode"] = uvicorn_args("mw_app:gated", mw_port)
             server_ports = {
                 "starlette+httpx gate": ref_port,
-                "sessiongate proxy (granian)": sg_granian_port,
+                GRANIAN: sg_granian_port,
+                METRICS_OFF: off_port,
                 "sessiongate proxy (uvicorn)": sg_port,
                 TWO_WORKERS: two_port,
                 **({SHARED: shared_port, STRICT: strict_port} if SHARED in servers else {}),
@@ -746,6 +759,7 @@ def print_table(results: list[Result], extra: dict[str, object], args: argparse.
         (DECISIONS, NO_CACHE),
         (DECISIONS, "nginx auth_request+cache"),
         (DECISIONS, "sessiongate proxy (granian)"),
+        (GRANIAN, METRICS_OFF),  # metrics on vs off: target >= 0.97
         (SHARED, TWO_WORKERS),
         (STRICT, TWO_WORKERS),
     ]

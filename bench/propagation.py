@@ -123,6 +123,7 @@ def main() -> int:
                 "upstream": {"url": f"http://127.0.0.1:{app_port}"},
                 "sessions_api": {"admin": {"enabled": True}},
                 "shared": {"redis_url": f"redis://127.0.0.1:{redis_port}/0"},
+                "metrics": {"port": 0},  # two gates at once
                 "log_level": "warning",
             }
             (tmp / f"{name}.yaml").write_text(yaml.safe_dump(config))

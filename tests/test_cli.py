@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ import pytest
 import yaml
 
 from apps import EchoApp
+from metrics_page import Page
 from resources import raw_request
 from sessiongate.testing import FakeKratosServer, UvicornThread
 
@@ -238,6 +240,8 @@ def gate_config(tmp_path: Path, backends: Backends, port: int, **extra: Any) -> 
         "ory": {"public_url": backends.kratos.public_url, "timeout": "2s"},
         "upstream": {"url": backends.upstream.url, "timeout": 5, "connect_timeout": 1},
         "access": {"login_url": "http://127.0.0.1:4433/self-service/login/browser"},
+        # a free port: gates of several tests (and fleets) may run at once
+        "metrics": {"port": 0},
         **extra,
     }
     return write_config(tmp_path / "gate.yaml", data)
@@ -439,3 +443,109 @@ def test_serve_never_prints_credentials(tmp_path, backends):
     assert "sessiongate started" in output  # the output was captured
     for secret in (alice.token, bob.token, bob.cookie, revoked.token, "junk-token-xyz"):
         assert secret not in output, output
+
+
+# --- metrics ---------------------------------------------------------------------------------
+METRICS_AT = re.compile(r"metrics\.port is 0: the metrics are at (http://127\.0\.0\.1:\d+/metrics)")
+
+
+def metrics_url(gate: Running) -> str:
+    """The URL `metrics.port: 0` picked, from the start-up log."""
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while not (found := METRICS_AT.search(gate.output())) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert found, gate.output()
+    return found.group(1)
+
+
+def metrics_page(url: str, until: Callable[[Page], bool]) -> Page:
+    """The page once `until` holds (each worker hands its figures over within a second)."""
+    deadline = time.monotonic() + 10
+    while True:
+        page = Page(httpx.get(url, timeout=5).text)
+        if until(page) or time.monotonic() > deadline:
+            return page
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("server", ["granian", "uvicorn"])
+def test_serve_metrics_on_a_port_of_their_own(tmp_path, backends, server):
+    port = free_port()
+    listen = {"host": "127.0.0.1", "port": port, "server": server}
+    path = gate_config(tmp_path, backends, port, listen=listen)  # metrics.port: 0
+    alice = backends.kratos.fake.login("alice@example.com")
+    token = {"X-Session-Token": alice.token}
+    with (
+        serve(tmp_path, ["--config", str(path)], clean_env(), port) as gate,
+        httpx.Client(base_url=gate.url, timeout=10) as c,
+    ):
+        url = metrics_url(gate)
+        assert c.get("/hello", headers=token).status_code == 200
+        # the gate's own port has no metrics: /metrics is the app's path like any other
+        assert c.get("/metrics").status_code == 401
+        r = c.get("/metrics", headers=token)
+        assert r.status_code == 200
+        assert r.json()["path"] == "/metrics"  # the echo app answered
+        page = metrics_page(url, lambda p: allowed(p) >= 2)
+        assert allowed(page) == 2
+        assert denied(page) == 1
+        assert page.value("sessiongate_kratos_whoami_total", outcome="200") == 1
+        assert page.value("sessiongate_cache_hits_total") == 1
+
+
+def allowed(page: Page) -> float:
+    return page.value("sessiongate_requests_total", decision="allowed", reason="")
+
+
+def denied(page: Page) -> float:
+    return page.value("sessiongate_requests_total", decision="denied", reason="no_credential")
+
+
+def test_serve_refuses_a_metrics_port_in_use(tmp_path, backends):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        port = free_port()
+        path = gate_config(tmp_path, backends, port, metrics={"port": busy})
+        result = run_cli("serve", "--config", str(path))
+    assert result.returncode == 1, result.stdout + result.stderr
+    # one clear line naming the key, no traceback
+    assert "Traceback" not in result.stderr, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    expected = f"sessiongate: cannot start: metrics.port: cannot listen on 127.0.0.1:{busy} ("
+    assert last.startswith(expected), result.stderr
+    assert "Starting granian" not in result.stdout + result.stderr  # before any worker
+
+
+def test_serve_metrics_default_port_and_off(tmp_path, backends):
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", 9464))
+        except OSError:
+            pytest.skip("127.0.0.1:9464 (metrics.port's default) is in use on this machine")
+    port = free_port()
+    path = gate_config(tmp_path, backends, port, metrics={})  # every metrics default
+    with serve(tmp_path, ["--config", str(path)], clean_env(), port) as gate:
+        assert httpx.get(gate.url + "/x", timeout=10).status_code == 401
+        page = metrics_page("http://127.0.0.1:9464/metrics", lambda p: denied(p) >= 1)
+        assert denied(page) == 1
+    assert "metrics at http://127.0.0.1:9464/metrics" in gate.output()
+    # off: no listener, so even a port held by someone else does not matter
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        off = {"enabled": False, "port": taken.getsockname()[1]}
+        path = gate_config(tmp_path, backends, port, metrics=off)
+        with serve(tmp_path, ["--config", str(path)], clean_env(), port) as gate:
+            assert httpx.get(gate.url + "/x", timeout=10).status_code == 401
+    assert "metrics" not in gate.output()
+
+
+def test_check_config_refuses_metrics_on_the_gates_port(tmp_path):
+    path = write_config(
+        tmp_path / "same.yaml", {"listen": {"port": 9000}, "metrics": {"port": 9000}}
+    )
+    result = run_cli("check-config", "--config", str(path))
+    assert result.returncode == 2
+    assert "metrics.port: 9000 is the gate's own port (listen.port)" in result.stderr

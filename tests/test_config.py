@@ -7,6 +7,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
@@ -537,3 +538,50 @@ def test_origin_regex_refusal_names_the_origin_it_admits() -> None:
         None, {"SESSIONGATE_CORS__ALLOWED_ORIGIN_REGEX": r"https://app.example.com"}
     )
     assert any("appxexample.com" in p for p in problems), problems
+
+
+# --- metrics ---------------------------------------------------------------------------------
+
+
+def test_metrics_defaults_overrides_and_bounds():
+    s = load_settings(None, {})
+    assert (s.metrics.enabled, s.metrics.host, s.metrics.port) == (True, "127.0.0.1", 9464)
+    s = load_settings(
+        None, {"SESSIONGATE_METRICS__ENABLED": "false", "SESSIONGATE_METRICS__PORT": "0"}
+    )
+    assert (s.metrics.enabled, s.metrics.port) == (False, 0)
+    problems = problems_of(
+        None, {"SESSIONGATE_METRICS__PORT": "70000", "SESSIONGATE_METRICS__ENABLED": "maybe"}
+    )
+    assert sorted(p.split(":", 1)[0] for p in problems) == ["metrics.enabled", "metrics.port"]
+    assert problems_of(None, {"SESSIONGATE_METRICS__PATH": "/m"}) == ["metrics.path: unknown key"]
+
+
+@pytest.mark.parametrize(
+    ("listen", "metrics"),
+    [
+        ({"port": 9000}, {"port": 9000}),
+        ({"host": "0.0.0.0", "port": 9000}, {"port": 9000}),  # noqa: S104
+        ({"port": 9000}, {"host": "::", "port": 9000}),
+    ],
+)
+def test_metrics_cannot_share_the_gates_own_port(tmp_path, listen, metrics):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"listen": listen, "metrics": metrics}))
+    problems = problems_of(path)
+    assert len(problems) == 1, problems
+    assert problems[0].startswith("metrics.port: 9000 is the gate's own port (listen.port)")
+
+
+@pytest.mark.parametrize(
+    ("listen", "metrics"),
+    [
+        ({"port": 9000}, {"port": 0}),  # any free port
+        ({"port": 9000}, {"enabled": False, "port": 9000}),  # no listener at all
+        ({"host": "127.0.0.1", "port": 9000}, {"host": "10.1.2.3", "port": 9000}),
+    ],
+)
+def test_metrics_port_that_does_not_collide(tmp_path, listen, metrics):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"listen": listen, "metrics": metrics}))
+    assert load_settings(path, {}).metrics.port == metrics["port"]

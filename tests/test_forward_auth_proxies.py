@@ -72,6 +72,7 @@ class Gates:
             # Kratos down: nothing listens where the gate looks for Kratos
             kratos = f"http://127.0.0.1:{free_port()}" if kratos_down else self.kratos.public_url
             settings["listen"] = {"host": "127.0.0.1", "port": port}
+            settings["metrics"] = {"port": 0}
             settings["ory"] = {**settings["ory"], "public_url": kratos, "timeout": "2s"}
             tmp = self.tmp.mktemp(f"gate-{kind}")
             path = write_config(tmp / "gate.yaml", settings)

@@ -23,9 +23,11 @@ from sessiongate.cache import NEGATIVE, CachedSession, SessionCache
 from sessiongate.credentials import Credential
 from sessiongate.identity_headers import IdentityHeaders
 from sessiongate.kratos import KratosAnswer, KratosClient, KratosUnavailable
+from sessiongate.metrics import whoami_outcome
 from sessiongate.shared_sessions import UNAVAILABLE
 
 if TYPE_CHECKING:
+    from sessiongate.metrics import Metrics
     from sessiongate.shared_sessions import SharedSessions
     from sessiongate.strict import RevocationRecords
 
@@ -84,6 +86,8 @@ class Authenticator:
         self.shared: SharedSessions | None = None
         self.records: RevocationRecords | None = None
         self.strict = False
+        # cache hits and misses, whoami calls, sheds (gate.py / middleware.py wire it)
+        self.metrics: Metrics | None = None
 
     async def authenticate(self, credential: Credential) -> CachedSession | Denial:
         return await self._authenticate(credential, rejoin=True)
@@ -92,15 +96,24 @@ class Authenticator:
         self, credential: Credential, *, rejoin: bool
     ) -> CachedSession | Denial:
         key = credential.cache_key
+        metrics = self.metrics if rejoin else None  # a second look is the same lookup
         hit = self.cache.get(key)
         if hit is not None:
             if hit is NEGATIVE:
+                if metrics is not None:
+                    metrics.cache_hit()
                 return ANONYMOUS
             if not self.strict:
+                if metrics is not None:
+                    metrics.cache_hit()
                 return hit  # type: ignore[return-value]
             checked = await self._strict_hit(hit)  # type: ignore[arg-type]
             if checked is not None:
+                if metrics is not None:
+                    metrics.cache_hit()
                 return checked
+        if metrics is not None:
+            metrics.cache_miss()
         pending = self._inflight.get(key)
         if pending is not None:
             future, leader_started = pending
@@ -120,6 +133,8 @@ class Authenticator:
                 return await self._ask_kratos(credential, key)
             return shared
         if len(self._inflight) >= self.max_inflight:
+            if self.metrics is not None:
+                self.metrics.request_shed()
             return Denial("overloaded", "Too many session checks in flight.", retry_after="1")
         future = asyncio.get_running_loop().create_future()
         self._inflight[key] = (future, time.monotonic())
@@ -172,12 +187,29 @@ class Authenticator:
     async def _whoami(self, credential: Credential, key: bytes) -> CachedSession | Denial:
         started = time.monotonic()
         self.whoami_calls += 1
+        metrics = self.metrics
+        if metrics is None:
+            try:
+                answer = await self.kratos.whoami(credential)
+            except KratosUnavailable as exc:
+                return self._unreachable(exc)
+            return self.classify(key, answer, started)
+        metrics.whoami_started()
+        outcome = ""  # none when the call is abandoned (the request's task cancelled)
         try:
             answer = await self.kratos.whoami(credential)
+            outcome = whoami_outcome(answer.status)
         except KratosUnavailable as exc:
-            log.warning("Kratos whoami failed: %s", exc)
-            return Denial("unavailable", "The session service is unreachable.", retry_after="2")
+            outcome = exc.kind
+            return self._unreachable(exc)
+        finally:
+            metrics.whoami_done(outcome, time.monotonic() - started)
         return self.classify(key, answer, started)
+
+    @staticmethod
+    def _unreachable(exc: KratosUnavailable) -> Denial:
+        log.warning("Kratos whoami failed: %s", exc)
+        return Denial("unavailable", "The session service is unreachable.", retry_after="2")
 
     def classify(self, key: bytes, answer: KratosAnswer, started: float) -> CachedSession | Denial:
         """Turn whoami's answer into a session or a denial, caching what may be cached.

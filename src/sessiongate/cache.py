@@ -20,7 +20,10 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from sessiongate.metrics import Metrics
 
 RawHeaders = tuple[tuple[bytes, bytes], ...]
 
@@ -175,6 +178,7 @@ class SessionCache:
         self._revoked_identities: dict[str, tuple[float, str]] = {}
         self._cleared_at = float("-inf")
         self.listeners: list[EvictionListener] = []
+        self.metrics: Metrics | None = None  # evictions by cause (gate.py wires it)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -188,6 +192,7 @@ class SessionCache:
         deadline = value.deadline if isinstance(value, CachedSession) else value
         if self._monotonic() >= deadline:
             self._remove(key)
+            self._evicted("expired")
             return None
         self._entries.move_to_end(key)
         return value if isinstance(value, CachedSession) else NEGATIVE
@@ -226,6 +231,7 @@ class SessionCache:
         self._revoked_sessions[session_id] = self._monotonic()
         self._prune_tombstones()
         removed = self._remove_all(_index_keys(self._by_session, session_id))
+        self._evicted("session_revoked", removed)
         for listener in self.listeners:  # after the removal: a listener may ask whoami again
             listener.session_evicted(session_id)
         return removed
@@ -245,19 +251,24 @@ class SessionCache:
             if not except_session or self._session_of(k) != except_session
         }
         removed = self._remove_all(keys)
+        self._evicted("identity_revoked", removed)
         for listener in self.listeners:
             listener.identity_evicted(identity_id, except_session)
         return removed
 
     def forget_session(self, session_id: str) -> int:
         """Drop entries without a tombstone (after an extend: the next whoami is fresh)."""
-        return self._remove_all(_index_keys(self._by_session, session_id))
+        removed = self._remove_all(_index_keys(self._by_session, session_id))
+        self._evicted("refresh", removed)
+        return removed
 
     def forget_negative(self) -> int:
         """Drop every remembered 401 (an admin extend may have revived one of them)."""
-        return self._remove_all(
+        removed = self._remove_all(
             {k for k, v in self._entries.items() if not isinstance(v, CachedSession)}
         )
+        self._evicted("refresh", removed)
+        return removed
 
     def indexes(self) -> tuple[dict[str, set[bytes]], dict[str, set[bytes]]]:
         """Both indexes (session id → keys, identity id → keys) as plain sets, for inspection."""
@@ -269,6 +280,7 @@ class SessionCache:
     def clear(self) -> None:
         """Drop everything; answers in flight now are refused later (a global tombstone)."""
         self._cleared_at = self._monotonic()
+        self._evicted("cleared", len(self._entries))
         self._entries.clear()
         self._by_session.clear()
         self._by_identity.clear()
@@ -312,6 +324,7 @@ class SessionCache:
         while len(self._entries) > self.max_entries:
             oldest = next(iter(self._entries))
             self._remove(oldest)
+            self._evicted("capacity")
         self._sweep()
 
     def _sweep(self, budget: int = 2) -> None:
@@ -328,6 +341,12 @@ class SessionCache:
             if now < deadline:
                 return
             self._remove(oldest)
+            self._evicted("expired")
+
+    def _evicted(self, cause: str, count: int = 1) -> None:
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.evicted(cause, count)
 
     def _remove_all(self, keys: set[bytes]) -> int:
         for key in keys:

@@ -118,9 +118,13 @@ def _serve(args: argparse.Namespace) -> int:
     settings = _load(args)
     if settings is None:
         return 2
-    from sessiongate.serve import serve
+    from sessiongate.serve import StartupError, serve
 
-    serve(settings, args.config or None)
+    try:
+        serve(settings, args.config or None)
+    except StartupError as exc:
+        print(f"sessiongate: cannot start: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -158,6 +158,15 @@ class Listen(_Section):
     workers: int = Field(default=1, ge=1, le=64)  # processes; each has its own session cache
 
 
+class MetricsSettings(_Section):
+    """The Prometheus listener of `sessiongate serve` (middleware mode opens none: the host
+    mounts `SessionGateMiddleware.metrics_app`)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=9464, ge=0, le=65535)  # 0: a free port, logged at start-up
+
+
 class Ory(_Section):
     public_url: str = "http://127.0.0.1:4433"
     admin_url: str | None = None  # defaults to public_url (Ory Network: admin under /admin)
@@ -688,6 +697,7 @@ class Settings(_Section):
     cors: Cors = Field(default_factory=Cors)
     shared: Shared = Field(default_factory=Shared)
     forward_auth: ForwardAuth = Field(default_factory=ForwardAuth)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     log_level: str = "info"
 
     @field_validator("public_url")
@@ -791,6 +801,7 @@ class Settings(_Section):
     def _cross(self) -> Settings:
         self._login_url_is_not_protected()
         self._forward_auth_fits()
+        self._metrics_port_is_its_own()
         if self.session_header and self.session_header.lower().replace("_", "-") in {
             n.lower().replace("_", "-") for n in self.identity_headers
         }:
@@ -834,6 +845,18 @@ class Settings(_Section):
                     f"itself (relay routes under sessions_api.prefix, /health/*); pick another, "
                     f"e.g. /decisions"
                 )
+
+    def _metrics_port_is_its_own(self) -> None:
+        """The metrics listener cannot share the gate's own address and port."""
+        metrics, listen = self.metrics, self.listen
+        if not metrics.enabled or metrics.port == 0 or metrics.port != listen.port:
+            return
+        hosts = {metrics.host, listen.host}
+        if len(hosts) == 1 or hosts & {"0.0.0.0", "::", ""}:  # noqa: S104 (compared, not bound)
+            raise ValueError(
+                f"metrics.port: {metrics.port} is the gate's own port (listen.port) on the same "
+                f"address; the metrics need a port of their own (default 9464, 0 picks one)"
+            )
 
     def _login_url_is_not_protected(self) -> None:
         """A login page behind the gate itself sends a browser to log in, forever."""

@@ -34,9 +34,11 @@ from sessiongate.decide import Decider
 from sessiongate.forward_auth import ForwardAuth
 from sessiongate.gatekeeper import Gatekeeper
 from sessiongate.kratos import KratosClient
+from sessiongate.metrics import Metrics
 from sessiongate.observe import Observers, RequestRecord, record_of
 from sessiongate.proxy import UpstreamProxy
 from sessiongate.relay import SessionsRelay
+from sessiongate.relay_routes import ROUTE_NAMES
 from sessiongate.responses import send_error, send_json
 from sessiongate.revocations import Revocations
 from sessiongate.websocket_guard import WebSocketGuard
@@ -116,6 +118,13 @@ class Gate:
             self.relay.handlers.on_forget = self.revocations.forgot
         # who watches each request (metrics, access log): a record per request when any does
         self.observers = Observers()
+        # Prometheus metrics (metrics.py): an observer, and counters in the components
+        self.metrics = Metrics(relay_routes=ROUTE_NAMES) if settings.metrics.enabled else None
+        if self.metrics is not None:
+            self.observers.add(self.metrics)
+            gk.count_with(self.metrics)
+            if self.proxy is not None:
+                self.proxy.metrics = self.metrics
         self._worker_tag = (
             [(b"x-sessiongate-worker", str(os.getpid()).encode())]
             if os.environ.get(TAG_WORKER_ENV)
@@ -377,6 +386,8 @@ class Gate:
             await self.proxy.aclose()
         await self.kratos.aclose()
         await self.gatekeeper.aclose()
+        if self.metrics is not None:
+            self.metrics.close()
 
 
 _BAD_HOST = ("bad_request", "bad_host")

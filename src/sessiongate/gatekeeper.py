@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from starlette.types import Scope, Send
 
@@ -33,6 +34,9 @@ from sessiongate.observe import record_of
 from sessiongate.redirects import safe_return_to, with_query
 from sessiongate.responses import send_error, send_redirect
 from sessiongate.shared_sessions import attach
+
+if TYPE_CHECKING:
+    from sessiongate.metrics import Metrics
 
 log = logging.getLogger("sessiongate")
 RawHeaders = list[tuple[bytes, bytes]]
@@ -74,6 +78,14 @@ class Gatekeeper:
         # credential fingerprint → cache key, both digests (parsing costs more than the rest
         # of the decision); bounded, emptied when full
         self._keys_by_fingerprint: dict[bytes, bytes] = {}
+        self.metrics: Metrics | None = None
+
+    def count_with(self, metrics: Metrics) -> None:
+        """Count cache hits, misses, evictions and whoami calls into `metrics`."""
+        self.metrics = metrics
+        self.authenticator.metrics = metrics
+        self.cache.metrics = metrics
+        metrics.cache_size = self.cache.__len__
 
     def quick(self, scope: Scope) -> Pass | None:
         """The answer without awaiting anything, when it is a pass: a public path, or a client
@@ -88,6 +100,9 @@ class Gatekeeper:
             if key is not None:
                 hit = self.cache.get(key)
                 if isinstance(hit, CachedSession):
+                    metrics = self.metrics
+                    if metrics is not None:
+                        metrics.cache_hit()
                     forwarded = self.identity.strip(headers)
                     forwarded.extend(hit.identity_headers)
                     return Pass(hit, forwarded)

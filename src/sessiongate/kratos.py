@@ -24,7 +24,14 @@ MAX_WHOAMI_BYTES = 1024 * 1024
 
 
 class KratosUnavailable(Exception):
-    """Kratos could not be asked: connection refused or reset, timeout, protocol error."""
+    """Kratos could not be asked: connection refused or reset, timeout, protocol error.
+
+    `kind` is the metrics' whoami outcome: `timeout`, `connection_error`, or `other` (an
+    answer that cannot be a session, such as an oversized body)."""
+
+    def __init__(self, message: str, *, kind: str = "connection_error") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +93,7 @@ class KratosClient:
                     return await self._send(self.public, "GET", "/sessions/whoami", headers)
                 return await self._whoami_fast(headers)
         except TimeoutError as exc:
-            raise KratosUnavailable("whoami took longer than ory.timeout") from exc
+            raise KratosUnavailable("whoami took longer than ory.timeout", kind="timeout") from exc
 
     async def _whoami_fast(self, headers: dict[str, str]) -> KratosAnswer:
         try:
@@ -95,17 +102,18 @@ class KratosClient:
             ) as response:
                 length = response.content_length
                 if length is not None and length > MAX_WHOAMI_BYTES:
-                    raise KratosUnavailable("whoami body too large")
+                    raise KratosUnavailable("whoami body too large", kind="other")
                 chunks, size = [], 0
                 async for chunk in response.content.iter_any():
                     size += len(chunk)
                     if size > MAX_WHOAMI_BYTES:
-                        raise KratosUnavailable("whoami body too large")
+                        raise KratosUnavailable("whoami body too large", kind="other")
                     chunks.append(chunk)
                 body = b"".join(chunks)
                 return KratosAnswer(response.status, response.headers, body)
         except aiohttp.ClientError as exc:  # refused, reset, truncated, protocol errors
-            raise KratosUnavailable(type(exc).__name__) from exc
+            kind = "timeout" if isinstance(exc, TimeoutError) else "connection_error"
+            raise KratosUnavailable(type(exc).__name__, kind=kind) from exc
 
     async def ready(self) -> bool:
         try:
@@ -124,7 +132,8 @@ class KratosClient:
         try:
             response = await client.request(method, path, headers=headers)
         except httpx.RequestError as exc:  # transport, timeout, and undecodable bodies
-            raise KratosUnavailable(type(exc).__name__) from exc
+            kind = "timeout" if isinstance(exc, httpx.TimeoutException) else "connection_error"
+            raise KratosUnavailable(type(exc).__name__, kind=kind) from exc
         return KratosAnswer(response.status_code, response.headers, response.content)
 
     async def aclose(self) -> None:

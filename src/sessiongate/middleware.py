@@ -25,13 +25,16 @@ import httpx
 from starlette.authentication import AuthCredentials, BaseUser, UnauthenticatedUser
 from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from sessiongate.cache import CachedSession
 from sessiongate.config import Settings, config_warnings, load_settings, ory_api_key
 from sessiongate.decide import Decider
 from sessiongate.gatekeeper import Gatekeeper, Pass
 from sessiongate.kratos import KratosClient
+from sessiongate.metrics import Metrics
 from sessiongate.observe import Observers, record_of
+from sessiongate.relay_routes import ROUTE_NAMES
 from sessiongate.responses import send_error
 from sessiongate.revocations import Revocations
 from sessiongate.websocket_guard import SocketWatch, WebSocketGuard
@@ -110,6 +113,12 @@ class SessionGateMiddleware:
         )
         # who watches each request (metrics): a record per request when any does
         self.observers = Observers()
+        # Prometheus metrics: no listener here; the host mounts `metrics_app` where it wants
+        self.metrics = Metrics(relay_routes=ROUTE_NAMES) if self.settings.metrics.enabled else None
+        self.metrics_app = self.metrics.asgi_app() if self.metrics is not None else None
+        if self.metrics is not None:
+            self.observers.add(self.metrics)
+            gk.count_with(self.metrics)
         for warning in config_warnings(self.settings):
             log.warning("configuration: %s", warning)
         # The shared mode: `cache.evict_*` reach every process through Redis; an app that must
@@ -197,7 +206,33 @@ class SessionGateMiddleware:
             if annotations is None:  # once per cached session, not per request
                 annotations = entry.annotations = _annotations(entry.session)
             scope["user"], scope["auth"], state["ory_session"] = annotations
-        watch = self.websockets.watch(scope, entry) if scope["type"] == "websocket" else None
+        if scope["type"] == "http":
+            await self.app(scope, receive, send)
+            return
+        metrics = self.metrics
+        if metrics is None:
+            await self._socket(scope, receive, send, entry)
+            return
+        accepted = False
+
+        async def counting(message: Message) -> None:  # the socket is open once the app accepts
+            nonlocal accepted
+            if message["type"] == "websocket.accept" and not accepted:
+                accepted = True
+                metrics.websocket_opened()
+            await send(message)
+
+        try:
+            await self._socket(scope, receive, counting, entry)
+        finally:
+            if accepted:
+                metrics.websocket_closed()
+
+    async def _socket(
+        self, scope: Scope, receive: Receive, send: Send, entry: CachedSession | None
+    ) -> None:
+        """A WebSocket to the app, closed by the gate when its session ends."""
+        watch = self.websockets.watch(scope, entry)
         if watch is None:
             await self.app(scope, receive, send)
             return
@@ -213,6 +248,8 @@ class SessionGateMiddleware:
                     await self.revocations.aclose()
                 await self.kratos.aclose()
                 await self.gatekeeper.aclose()
+                if self.metrics is not None:
+                    self.metrics.close()
             await send(message)
 
         await self.app(scope, receive, closing_send)

@@ -27,7 +27,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from starlette.types import Message, Receive, Scope, Send
@@ -38,6 +38,9 @@ from sessiongate.credentials import is_bearer, without_session_cookies
 from sessiongate.observe import record_of
 from sessiongate.responses import send_error
 from sessiongate.upstream_limits import RETRY_AFTER, UpstreamLimits
+
+if TYPE_CHECKING:
+    from sessiongate.metrics import Metrics
 
 log = logging.getLogger("sessiongate.proxy")
 RawHeaders = list[tuple[bytes, bytes]]
@@ -294,6 +297,7 @@ class UpstreamProxy:
         # With CORS applied to everything the gate's policy replaces the app's headers.
         self.strip_cors_headers = strip_cors_headers
         self._session: aiohttp.ClientSession | None = None
+        self.metrics: Metrics | None = None  # WebSockets open (gate.py wires it)
 
     # -- lifecycle --------------------------------------------------------------------------
     def session(self) -> aiohttp.ClientSession:
@@ -703,6 +707,9 @@ class UpstreamProxy:
             with contextlib.suppress(Exception):
                 await send({"type": "websocket.close", "code": code, "reason": reason})
 
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.websocket_opened()
         tasks = [
             asyncio.create_task(client_to_upstream()),
             asyncio.create_task(upstream_to_client()),
@@ -720,6 +727,8 @@ class UpstreamProxy:
                     await send({"type": "websocket.close", "code": code, "reason": reason})
                 await ws.close(code=code, message=reason.encode())
         finally:
+            if metrics is not None:
+                metrics.websocket_closed()
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

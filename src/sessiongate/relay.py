@@ -29,6 +29,8 @@ from sessiongate.credentials import Credential, MalformedCredential, find_creden
 from sessiongate.gatekeeper import Gatekeeper
 from sessiongate.herodot import error_bytes
 from sessiongate.kratos import KratosClient
+from sessiongate.metrics import UNMATCHED_ROUTE
+from sessiongate.observe import record_of
 from sessiongate.relay_admission import AdminAdmission
 from sessiongate.relay_handlers import RelayHandlers
 from sessiongate.relay_rewrite import UrlRewriter
@@ -89,6 +91,9 @@ class SessionsRelay:
         assert path is not None
         method = scope["method"]
         found = self.table.find(method, path)
+        record = record_of(scope)
+        if record is not None:  # the route's fixed name, never the path
+            record.route = found.route.name if isinstance(found, Matched) else UNMATCHED_ROUTE
         if not isinstance(found, Matched):
             if found:
                 allow = [(b"allow", ", ".join(found).encode())]

@@ -55,6 +55,13 @@ class RelayHandlers:
         if cred is None or call.query:  # tokenize_as and friends: always Kratos' fresh answer
             return await self.relay_public(call)
         hit = self.cache.get(cred.cache_key)
+        metrics = self.authenticator.metrics
+        if metrics is not None:  # a look into the cache like the gate's own
+            strict = self.authenticator.strict
+            if hit is NEGATIVE or (isinstance(hit, CachedSession) and not strict):
+                metrics.cache_hit()
+            else:
+                metrics.cache_miss()
         if isinstance(hit, CachedSession) and not self.authenticator.strict:
             return _from_cache(hit)  # (strict mode: Kratos' fresh answer, never unproven cache)
         if hit is NEGATIVE:

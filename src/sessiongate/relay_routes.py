@@ -27,6 +27,7 @@ class Route:
     admin: bool = False
     whoami_id: bool = False  # Kratos gives `{id}=whoami` a meaning of its own on this route
     pattern: re.Pattern[str] = re.compile("")
+    name: str = ""  # the route's label in the metrics (`sessiongate_relay_requests_total`)
 
     def upstream_path(self, canonical_id: str | None) -> str:
         """Kratos' path, from the template and a validated id only."""
@@ -35,28 +36,55 @@ class Route:
         return self.template.replace("{id}", canonical_id)
 
 
-def _route(method: str, template: str, handler: str, **flags: bool) -> Route:
+def _route(method: str, template: str, handler: str, name: str, **flags: bool) -> Route:
     regex = "^" + re.escape(template).replace(r"\{id\}", f"(?P<id>{_ID})") + "$"
-    return Route(method, template, handler, pattern=re.compile(regex), **flags)
+    return Route(method, template, handler, pattern=re.compile(regex), name=name, **flags)
 
 
 PUBLIC_ROUTES = [
-    _route("GET", "/sessions/whoami", "whoami"),
-    _route("GET", "/sessions", "relay_public"),
-    _route("DELETE", "/sessions", "revoke_others"),
-    _route("DELETE", "/sessions/{id}", "revoke_one", whoami_id=True),
-    _route("GET", "/self-service/logout/browser", "logout_flow"),
-    _route("GET", "/self-service/logout", "logout_browser"),
-    _route("DELETE", "/self-service/logout/api", "logout_api"),
+    _route("GET", "/sessions/whoami", "whoami", "whoami"),
+    _route("GET", "/sessions", "relay_public", "list_sessions"),
+    _route("DELETE", "/sessions", "revoke_others", "revoke_other_sessions"),
+    _route("DELETE", "/sessions/{id}", "revoke_one", "revoke_session", whoami_id=True),
+    _route("GET", "/self-service/logout/browser", "logout_flow", "logout_browser_flow"),
+    _route("GET", "/self-service/logout", "logout_browser", "logout"),
+    _route("DELETE", "/self-service/logout/api", "logout_api", "logout_api"),
 ]
 ADMIN_ROUTES = [
-    _route("GET", "/admin/sessions", "relay_admin", admin=True),
-    _route("GET", "/admin/sessions/{id}", "relay_admin", admin=True, whoami_id=True),
-    _route("DELETE", "/admin/sessions/{id}", "admin_disable", admin=True),
-    _route("PATCH", "/admin/sessions/{id}/extend", "admin_extend", admin=True),
-    _route("GET", "/admin/identities/{id}/sessions", "relay_admin", admin=True),
-    _route("DELETE", "/admin/identities/{id}/sessions", "admin_delete_identity", admin=True),
+    _route("GET", "/admin/sessions", "relay_admin", "admin_list_sessions", admin=True),
+    _route(
+        "GET",
+        "/admin/sessions/{id}",
+        "relay_admin",
+        "admin_get_session",
+        admin=True,
+        whoami_id=True,
+    ),
+    _route("DELETE", "/admin/sessions/{id}", "admin_disable", "admin_disable_session", admin=True),
+    _route(
+        "PATCH",
+        "/admin/sessions/{id}/extend",
+        "admin_extend",
+        "admin_extend_session",
+        admin=True,
+    ),
+    _route(
+        "GET",
+        "/admin/identities/{id}/sessions",
+        "relay_admin",
+        "admin_list_identity_sessions",
+        admin=True,
+    ),
+    _route(
+        "DELETE",
+        "/admin/identities/{id}/sessions",
+        "admin_delete_identity",
+        "admin_delete_identity_sessions",
+        admin=True,
+    ),
 ]
+#: Every route's metrics label: a fixed set (README, "Metrics").
+ROUTE_NAMES = frozenset(r.name for r in PUBLIC_ROUTES + ADMIN_ROUTES)
 
 
 @dataclass(frozen=True, slots=True)

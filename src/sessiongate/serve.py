@@ -9,12 +9,20 @@ With `listen.workers` > 1 each worker is a process with its own session cache. W
 `shared.redis_url` a session is validated once per worker, and a revocation through the gate
 clears it in the worker that relayed it only; with it, workers and replicas share revocations
 (and sessions) through Redis (see README, "Several cores").
+
+Metrics (`metrics.enabled`): this process opens the one metrics listener of the serve, on its
+own port, before any worker starts (granian's supervisor and uvicorn's stay alive beside their
+workers; with uvicorn and one worker it is the worker too). The workers write their figures
+into a fresh directory (prometheus_client's multiprocess mode, PROMETHEUS_MULTIPROC_DIR set here
+before anything imports prometheus_client) and the listener sums them at each scrape.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 from typing import TYPE_CHECKING
 
 from sessiongate.config import CONFIG_ENV, Settings, load_settings
@@ -22,6 +30,9 @@ from sessiongate.logs import configure_logging
 
 if TYPE_CHECKING:
     from sessiongate.gate import Gate
+    from sessiongate.metrics import MetricsListener
+
+log = logging.getLogger("sessiongate")
 
 #: Bound on reading a request's headers: a slow-loris client is dropped after this.
 HEADER_READ_TIMEOUT_MS = 10_000
@@ -36,21 +47,54 @@ def gate_from_environment() -> Gate:
     return Gate(settings)
 
 
+class StartupError(Exception):
+    """The gate cannot start (the message names the setting to change)."""
+
+
 def serve(settings: Settings, config_path: str | None) -> None:
-    """Serve until SIGINT/SIGTERM. `settings` were validated by the caller."""
+    """Serve until SIGINT/SIGTERM. `settings` were validated by the caller. Raises
+    StartupError (before any worker starts) when the metrics port cannot be bound."""
     configure_logging(settings.log_level)
     if settings.listen.workers > 1 and not settings.shared.enabled:
-        logging.getLogger("sessiongate").warning(
+        log.warning(
             "%d workers, each with its own session cache: a revocation through the gate "
             "reaches the other workers only when their entry lapses (cache.ttl = %gs); set "
             "shared.redis_url to share revocations through Redis",
             settings.listen.workers,
             settings.cache.ttl,
         )
-    if settings.listen.server == "uvicorn":
-        _serve_uvicorn(settings, config_path)
+    metrics = _start_metrics(settings) if settings.metrics.enabled else None
+    try:
+        if settings.listen.server == "uvicorn":
+            _serve_uvicorn(settings, config_path)
+        else:
+            _serve_granian(settings, config_path)
+    finally:
+        if metrics is not None:
+            listener, directory = metrics
+            listener.close()
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def _start_metrics(settings: Settings) -> tuple[MetricsListener, str]:
+    """The serve's metrics listener, summing its workers' files in a fresh directory."""
+    directory = tempfile.mkdtemp(prefix="sessiongate-metrics-")
+    # before prometheus_client is imported anywhere in this process (it picks its storage at
+    # import) and before the workers start (they inherit it)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    from sessiongate.metrics import MetricsListener, MetricsListenerError
+
+    config = settings.metrics
+    try:
+        listener = MetricsListener(config.host, config.port, directory)
+    except MetricsListenerError as exc:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise StartupError(str(exc)) from exc
+    if config.port == 0:
+        log.warning("metrics.port is 0: the metrics are at %s", listener.url)
     else:
-        _serve_granian(settings, config_path)
+        log.info("metrics at %s", listener.url)
+    return listener, directory
 
 
 def _serve_granian(settings: Settings, config_path: str | None) -> None:

@@ -612,6 +612,7 @@ def servers(workdir: Path, cfg: SoakConfig) -> Iterator[Servers]:
             "cache": {"ttl": cfg.ttl},
             "access": {"login_url": kratos.public_url + "/self-service/login/browser"},
             "sessions_api": {"enabled": True},
+            "metrics": {"port": 0},  # several gates at once: each its own metrics port
             "log_level": "warning",
         }
         env: dict[str, str] = {}

@@ -94,6 +94,7 @@ def hostile(
         tmp_path / "gate.yaml",
         {
             "listen": {"host": "127.0.0.1", "port": port, "server": request.param},
+            "metrics": {"port": 0},
             "ory": {
                 "public_url": public_server.url,
                 "admin_url": admin_server.url,

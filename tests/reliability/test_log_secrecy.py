@@ -10,6 +10,9 @@ down (502) and Kratos down (503). Then every record's message, arguments, except
 stack and extra attributes are searched for every token, cookie value, admin key and the Ory
 API key, raw and percent-encoded. The logs must not be empty: a capture that saw nothing would
 prove nothing.
+
+The Prometheus metrics page gets the same search after the same scenario, with session and
+identity ids and a query string added (`test_no_secret_reaches_the_metrics_page`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import httpx
 import pytest
 
 from apps import EchoApp
+from metrics_page import settled_page
 from sessiongate.config import Settings
 from sessiongate.gate import Gate
 from sessiongate.testing import CreatedSession, FakeKratosServer, UvicornThread
@@ -346,3 +350,31 @@ async def test_the_gate_does_not_log_logout_tokens(
     ]
     assert [r for r in records if r.levelno >= logging.INFO]
     assert leaks(records, scenario.logout_tokens) == []
+
+
+async def test_no_secret_reaches_the_metrics_page(secret_stack: SecretStack) -> None:
+    """The metrics page (what Prometheus scrapes) after the same scenario: no token, cookie
+    value, key, session id, identity id, path or query string, in any form."""
+    scenario = await run_scenario(secret_stack)
+    gate = secret_stack.gate_server.app
+    # one more with a query string (Kratos is down by now: refused, and still counted)
+    query_secret = "QuerySecretNeverALabel7c1e"
+    async with httpx.AsyncClient(base_url=secret_stack.url, timeout=10) as client:
+        await client.get(f"/k/{query_secret}-path?token={query_secret}")
+    page = await settled_page(gate, len(scenario.statuses) + 1)
+    # the page is the real one: every request of the scenario counted
+    assert page.total("sessiongate_requests_total") == len(scenario.statuses) + 1
+    assert page.value("sessiongate_kratos_whoami_total", outcome="401") >= 1
+    assert page.total("sessiongate_relay_requests_total") >= 10
+    store = secret_stack.kratos.fake.store
+    secrets = {
+        **scenario.secrets,
+        **scenario.logout_tokens,
+        **{f"session {sid}": sid for sid in store.sessions},
+        **{f"identity {iid}": iid for iid in store.identities},
+        "query": query_secret,
+    }
+    record = logging.makeLogRecord({"msg": page.text})  # the same search as for log records
+    assert leaks([record], secrets) == []
+    # the search does find one when it is there
+    assert leaks([logging.makeLogRecord({"msg": page.text + query_secret})], secrets)
