@@ -24,6 +24,7 @@ from sessiongate.credentials import Credential
 from sessiongate.identity_headers import IdentityHeaders
 from sessiongate.kratos import KratosAnswer, KratosClient, KratosUnavailable
 from sessiongate.shared_sessions import UNAVAILABLE
+from sessiongate.tracing import note_cache
 
 if TYPE_CHECKING:
     from sessiongate.shared_sessions import SharedSessions
@@ -95,12 +96,16 @@ class Authenticator:
         hit = self.cache.get(key)
         if hit is not None:
             if hit is NEGATIVE:
+                note_cache(True)
                 return ANONYMOUS
             if not self.strict:
+                note_cache(True)
                 return hit  # type: ignore[return-value]
             checked = await self._strict_hit(hit)  # type: ignore[arg-type]
             if checked is not None:
+                note_cache(checked is hit)
                 return checked
+        note_cache(False)  # whoami: this request's own, or one it shares
         pending = self._inflight.get(key)
         if pending is not None:
             future, leader_started = pending

@@ -33,6 +33,7 @@ from sessiongate.observe import record_of
 from sessiongate.redirects import safe_return_to, with_query
 from sessiongate.responses import send_error, send_redirect
 from sessiongate.shared_sessions import attach
+from sessiongate.tracing import note_cache
 
 log = logging.getLogger("sessiongate")
 RawHeaders = list[tuple[bytes, bytes]]
@@ -88,6 +89,7 @@ class Gatekeeper:
             if key is not None:
                 hit = self.cache.get(key)
                 if isinstance(hit, CachedSession):
+                    note_cache(True)
                     forwarded = self.identity.strip(headers)
                     forwarded.extend(hit.identity_headers)
                     return Pass(hit, forwarded)
