@@ -1,0 +1,180 @@
+"""X-Request-Id and W3C trace context through a real gate (tracing.py), without OpenTelemetry.
+
+The id is taken from the request only when the TCP peer is a trusted proxy and the value is
+1-128 visible ASCII characters; otherwise the gate makes one. Either way exactly that id
+reaches the app (never the client's own), Kratos (whoami and the relay's calls) and the client
+(app answers, denials, the gate's own errors). `traceparent`/`tracestate` reach the app and
+Kratos unchanged. A whoami shared by concurrent requests carries the first one's id and trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from gate_stack import Stack, settings_for
+from test_authenticate import KratosProbe
+
+from apps import EchoApp
+from resources import until
+from sessiongate.gate import Gate
+from sessiongate.testing import KratosFake, UvicornThread
+
+GENERATED = re.compile(r"^[0-9a-f]{32}$")
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+TRACESTATE = "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"
+TRUSTED = {"forwarded": {"trusted_proxies": ["127.0.0.1/32"]}}
+
+
+def app_ids(stack: Stack) -> list[str]:
+    """The X-Request-Id headers the app got with its last request (all of them)."""
+    return [v for k, v in stack.app.requests[-1]["headers"] if k == "x-request-id"]
+
+
+def kratos_seen(stack: Stack, path: str = "/sessions/whoami") -> list[dict[str, str]]:
+    return [headers for _, p, headers in stack.fake.received if p == path]
+
+
+async def test_the_gate_makes_the_id_and_everyone_gets_it(make_stack) -> None:
+    stack = make_stack(sessions_api={"enabled": True})
+    alice = stack.fake.login("alice@example.com")
+    token = {"X-Session-Token": alice.token}
+    async with stack.client() as client:
+        # no trusted proxies: a client's own id is never taken, nor passed on
+        r = await client.get("/a", headers={**token, "X-Request-Id": "client-chosen"})
+        assert r.status_code == 200
+        rid = r.headers["x-request-id"]
+        assert GENERATED.match(rid), rid
+        assert app_ids(stack) == [rid]
+        assert kratos_seen(stack)[-1]["x-request-id"] == rid
+
+        # each request its own
+        r2 = await client.get("/a", headers=token)
+        assert r2.headers["x-request-id"] not in (rid, "")
+        assert app_ids(stack) == [r2.headers["x-request-id"]]
+
+        # denials and the gate's own answers carry it too
+        for path, headers, status in [
+            ("/a", {}, 401),
+            ("/a", {"X-Session-Token": "x" * 9000}, 400),
+            ("/health/alive", {}, 200),
+        ]:
+            r = await client.get(path, headers=headers)
+            assert r.status_code == status
+            assert GENERATED.match(r.headers["x-request-id"]), (path, r.headers)
+
+        # the relay's calls to Kratos
+        r = await client.get("/sessions", headers={**token, "X-Request-Id": "client-chosen"})
+        assert r.status_code == 200
+        [listed] = kratos_seen(stack, "/sessions")
+        assert listed["x-request-id"] == r.headers["x-request-id"]
+        assert r.headers.get_list("x-request-id") == [listed["x-request-id"]]
+    assert all(h.get("x-request-id") != "client-chosen" for _, _, h in stack.fake.received)
+
+
+async def test_an_app_echoing_the_id_does_not_double_it(make_stack) -> None:
+    async def echoing(scope: Any, receive: Any, send: Any) -> None:
+        rid = dict(scope["headers"])[b"x-request-id"]
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"x-request-id", rid)]}
+        )
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    stack = make_stack(app=echoing, access={"public_paths": ["/**"]})
+    async with stack.client() as client:
+        r = await client.get("/x")
+    assert len(r.headers.get_list("x-request-id")) == 1
+
+
+@pytest.mark.parametrize(
+    ("sent", "taken"),
+    [
+        ("req-42", True),
+        ("a" * 128, True),
+        ("!#$%&'*+-.^_`|~:/=?@[]{}", True),
+        ("a" * 129, False),  # too long
+        ("has space", False),
+        ("tab\there", False),
+        ("caf\xe9", False),  # not ASCII
+    ],
+)
+async def test_a_trusted_proxy_s_id_is_taken_when_it_is_sane(make_stack, sent, taken) -> None:
+    stack = make_stack(**TRUSTED)
+    alice = stack.fake.login("alice@example.com")
+    headers = [("X-Session-Token", alice.token), ("X-Request-Id", sent.encode("latin-1"))]
+    async with stack.client() as client:
+        r = await client.get("/a", headers=headers)
+    assert r.status_code == 200
+    rid = r.headers["x-request-id"]
+    assert (rid == sent) is taken, rid
+    assert taken or GENERATED.match(rid)
+    assert app_ids(stack) == [rid]
+    assert kratos_seen(stack)[-1]["x-request-id"] == rid
+
+
+async def test_trace_context_reaches_the_app_and_kratos_unchanged(make_stack) -> None:
+    stack = make_stack(sessions_api={"enabled": True})
+    alice = stack.fake.login("alice@example.com")
+    trace = {"traceparent": TRACEPARENT, "tracestate": TRACESTATE}
+    async with stack.client() as client:
+        r = await client.get("/a", headers={"X-Session-Token": alice.token, **trace})
+        assert r.status_code == 200
+        seen = stack.app.last_headers()
+        assert (seen["traceparent"], seen["tracestate"]) == ([TRACEPARENT], [TRACESTATE])
+        whoami = kratos_seen(stack)[-1]
+        assert (whoami["traceparent"], whoami["tracestate"]) == (TRACEPARENT, TRACESTATE)
+        r = await client.get("/sessions", headers={"X-Session-Token": alice.token, **trace})
+        assert r.status_code == 200
+        assert kratos_seen(stack, "/sessions")[-1]["traceparent"] == TRACEPARENT
+        # without one, none is made up
+        bob = stack.fake.login("bob@example.com")
+        await client.get("/b", headers={"X-Session-Token": bob.token})
+        assert "traceparent" not in kratos_seen(stack)[-1]
+        assert "traceparent" not in stack.app.last_headers()
+
+
+@pytest.fixture
+def slow_kratos() -> Iterator[Callable[..., tuple[KratosProbe, str]]]:
+    stops: list[Callable[[], None]] = []
+
+    def build(**overrides: Any) -> tuple[KratosProbe, str]:
+        probe = KratosProbe(delay=0.5)
+        kratos = UvicornThread(probe)
+        probe.fake = KratosFake(public_url=kratos.url, admin_url=None)
+        kratos.start()
+        stops.extend([kratos.stop, probe.release.set])
+        upstream = UvicornThread(EchoApp())
+        upstream.start()
+        stops.append(upstream.stop)
+        gate_server = UvicornThread(Gate(settings_for(kratos.url, upstream.url, **overrides)))
+        gate_server.start()
+        stops.append(gate_server.stop)
+        return probe, gate_server.url
+
+    yield build
+    for stop in reversed(stops):
+        stop()
+
+
+async def test_a_shared_whoami_carries_the_first_request_s_id_and_trace(slow_kratos) -> None:
+    probe, url = slow_kratos(**TRUSTED)
+    assert probe.fake is not None
+    alice = probe.fake.login("alice@example.com")
+
+    def headers(n: int) -> dict[str, str]:
+        parent = f"00-{n:032x}-{n:016x}-01"
+        return {"X-Session-Token": alice.token, "X-Request-Id": f"r{n}", "traceparent": parent}
+
+    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+        first = asyncio.create_task(client.get("/a", headers=headers(1)))
+        await until(lambda: bool(probe.whoami_headers), 5)  # the first one's whoami is out
+        others = [client.get("/a", headers=headers(n)) for n in range(2, 6)]
+        answers = [await first, *await asyncio.gather(*others)]
+    assert [r.status_code for r in answers] == [200] * 5
+    assert [r.headers["x-request-id"] for r in answers] == [f"r{n}" for n in range(1, 6)]
+    [sent] = [dict(h) for h in probe.whoami_headers]  # one call for the five
+    assert (sent["x-request-id"], sent["traceparent"]) == ("r1", headers(1)["traceparent"])
