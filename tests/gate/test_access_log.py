@@ -12,14 +12,18 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from gate_stack import Stack
 from websockets.asyncio.client import connect as ws_connect
 
 from sessiongate.access_log import AccessLog
+from sessiongate.config import Settings
 from sessiongate.gate import Gate
 from sessiongate.logs import LogWriter
 from sessiongate.observe import DECISIONS, REASONS
@@ -211,3 +215,15 @@ def test_access_lines_are_on_by_default_in_proxy_mode(make_stack) -> None:
     off = make_stack(log={"access": False}).gate
     assert any(isinstance(o, AccessLog) for o in on.observers.observers)
     assert not any(isinstance(o, AccessLog) for o in off.observers.observers)
+
+
+def test_the_readme_example_line_and_settings() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("### Access logs", 1)[1].split("\n### ", 1)[0]
+    settings_block = re.search(r"```yaml\n(.*?)```", section, re.S)
+    line_block = re.search(r"```json\n(.*?)```", section, re.S)
+    assert settings_block is not None
+    assert line_block is not None
+    log = Settings.model_validate(yaml.safe_load(settings_block.group(1))).log
+    assert (log.level, log.access, log.format, log.identity) == ("warning", True, "json", False)
+    check(json.loads(line_block.group(1).replace("\n", "")), decision="allowed")
