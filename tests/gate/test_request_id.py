@@ -22,7 +22,9 @@ from test_authenticate import KratosProbe
 from apps import EchoApp
 from resources import until
 from sessiongate.gate import Gate
+from sessiongate.proxy import UpstreamProxy
 from sessiongate.testing import KratosFake, UvicornThread
+from sessiongate.tracing import CONTEXT, RequestContext
 
 GENERATED = re.compile(r"^[0-9a-f]{32}$")
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -74,6 +76,27 @@ async def test_the_gate_makes_the_id_and_everyone_gets_it(make_stack) -> None:
         assert listed["x-request-id"] == r.headers["x-request-id"]
         assert r.headers.get_list("x-request-id") == [listed["x-request-id"]]
     assert all(h.get("x-request-id") != "client-chosen" for _, _, h in stack.fake.received)
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        [(b"x-request-id", b"client-1")],
+        # servers that fold `_` into `-` would read it as the real one
+        [(b"x_request_id", b"client-2")],
+        # nor can a client name the gate's own away
+        [(b"x-request-id", b"client-3"), (b"connection", b"x-request-id")],
+    ],
+)
+def test_the_app_gets_one_id_whatever_the_client_sent(sent) -> None:
+    # aiohttp keeps the last of repeated headers, so this is checked on the list itself
+    proxy = UpstreamProxy("http://127.0.0.1:9", trusted_proxies=["127.0.0.1/32"])
+    headers = [(b"host", b"gate.test"), *sent]
+    scope = {"type": "http", "headers": headers, "client": ("127.0.0.1", 5), "scheme": "http"}
+    scope[CONTEXT] = RequestContext("gate-id", headers, otel=False)
+    out = proxy.upstream_headers(scope, headers)
+    ids = [v for n, v in out if n.lower().replace("_", "-") == "x-request-id"]
+    assert ids == ["gate-id"]
 
 
 async def test_an_app_echoing_the_id_does_not_double_it(make_stack) -> None:
