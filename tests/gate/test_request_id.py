@@ -22,8 +22,9 @@ from test_authenticate import KratosProbe
 from apps import EchoApp
 from resources import until
 from sessiongate.gate import Gate
+from sessiongate.middleware import SessionGateMiddleware
 from sessiongate.proxy import UpstreamProxy
-from sessiongate.testing import KratosFake, UvicornThread
+from sessiongate.testing import FakeKratosServer, KratosFake, UvicornThread
 from sessiongate.tracing import CONTEXT, RequestContext
 
 GENERATED = re.compile(r"^[0-9a-f]{32}$")
@@ -201,3 +202,29 @@ async def test_a_shared_whoami_carries_the_first_request_s_id_and_trace(slow_kra
     assert [r.headers["x-request-id"] for r in answers] == [f"r{n}" for n in range(1, 6)]
     [sent] = [dict(h) for h in probe.whoami_headers]  # one call for the five
     assert (sent["x-request-id"], sent["traceparent"]) == ("r1", headers(1)["traceparent"])
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+async def test_middleware_whoami_carries_the_request_s_trace_and_trusted_id(trusted) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    with FakeKratosServer() as kratos:
+        settings = settings_for(
+            kratos.public_url,
+            "http://127.0.0.1:9",
+            **(TRUSTED if trusted else {}),
+        )
+        alice = kratos.fake.login("alice@example.com")
+        headers = {
+            "X-Session-Token": alice.token,
+            "X-Request-Id": "mw-1",
+            "traceparent": TRACEPARENT,
+        }
+        with UvicornThread(SessionGateMiddleware(app, settings)) as server:
+            async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+                assert (await client.get("/a", headers=headers)).status_code == 200
+        [sent] = [h for _, p, h in kratos.fake.received if p == "/sessions/whoami"]
+    assert sent["traceparent"] == TRACEPARENT
+    assert sent.get("x-request-id") == ("mw-1" if trusted else None)
