@@ -123,7 +123,7 @@ def main() -> int:
                 "upstream": {"url": f"http://127.0.0.1:{app_port}"},
                 "sessions_api": {"admin": {"enabled": True}},
                 "shared": {"redis_url": f"redis://127.0.0.1:{redis_port}/0"},
-                "log_level": "warning",
+                "log": {"level": "warning"},
             }
             (tmp / f"{name}.yaml").write_text(yaml.safe_dump(config))
             start([SCRIPT, "serve", "--config", str(tmp / f"{name}.yaml")], f"gate-{name}")

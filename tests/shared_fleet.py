@@ -34,7 +34,7 @@ def gate_settings(backends: Backends, redis: RedisServer, port: int, **shared: A
         "access": {"login_url": "http://127.0.0.1:4433/self-service/login/browser"},
         "sessions_api": {"enabled": True},
         "shared": {"redis_url": redis.url, **shared},
-        "log_level": "warning",
+        "log": {"level": "warning"},
     }
 
 

@@ -612,7 +612,7 @@ def servers(workdir: Path, cfg: SoakConfig) -> Iterator[Servers]:
             "cache": {"ttl": cfg.ttl},
             "access": {"login_url": kratos.public_url + "/self-service/login/browser"},
             "sessions_api": {"enabled": True},
-            "log_level": "warning",
+            "log": {"level": "warning", "access": False},  # a soak: millions of lines
         }
         env: dict[str, str] = {}
         workers = [1]
