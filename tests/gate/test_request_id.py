@@ -10,7 +10,10 @@ Kratos unchanged. A whoami shared by concurrent requests carries the first one's
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -228,3 +231,30 @@ async def test_middleware_whoami_carries_the_request_s_trace_and_trusted_id(trus
         [sent] = [h for _, p, h in kratos.fake.received if p == "/sessions/whoami"]
     assert sent["traceparent"] == TRACEPARENT
     assert sent.get("x-request-id") == ("mw-1" if trusted else None)
+
+
+@pytest.mark.parametrize("otel_env", [{}, {"OTEL_TRACES_EXPORTER": "console"}])
+def test_the_core_runs_without_the_opentelemetry_packages(otel_env) -> None:
+    """As after `pip install sessiongate` (no extra): a gate starts; with OTEL_* set, it says
+    that the packages are missing instead of failing."""
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'opentelemetry': raise ImportError(name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import logging; logging.basicConfig()\n"
+        "from sessiongate.config import Settings\n"
+        "from sessiongate.gate import Gate\n"
+        "print('tracing', Gate(Settings()).tracing)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**env, **otel_env},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == "tracing None", out.stderr
+    assert ("sessiongate[otel]" in out.stderr) is bool(otel_env), out.stderr
