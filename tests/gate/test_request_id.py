@@ -225,9 +225,11 @@ async def test_middleware_whoami_carries_the_request_s_trace_and_trusted_id(trus
             "X-Request-Id": "mw-1",
             "traceparent": TRACEPARENT,
         }
-        with UvicornThread(SessionGateMiddleware(app, settings)) as server:
+        gated = SessionGateMiddleware(app, settings)
+        with UvicornThread(gated) as server:
             async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
                 assert (await client.get("/a", headers=headers)).status_code == 200
+        await gated.kratos.aclose()  # no lifespan here: its client is closed by hand
         [sent] = [h for _, p, h in kratos.fake.received if p == "/sessions/whoami"]
     assert sent["traceparent"] == TRACEPARENT
     assert sent.get("x-request-id") == ("mw-1" if trusted else None)

@@ -23,6 +23,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
 )
 from opentelemetry.trace import SpanKind, StatusCode
 
+from resources import until
 from sessiongate.gate import Gate
 from sessiongate.testing import UvicornThread
 from sessiongate.tracing import Tracing, otel_configured
@@ -57,6 +58,12 @@ def by_kind(exporter: InMemorySpanExporter, kind: SpanKind) -> list[Any]:
     return [s for s in exporter.get_finished_spans() if s.kind == kind]
 
 
+async def servers_spans(exporter: InMemorySpanExporter, count: int) -> list[Any]:
+    """The SERVER spans, once `count` ended (a span ends after the answer was sent)."""
+    await until(lambda: len(by_kind(exporter, SpanKind.SERVER)) >= count, 5)
+    return by_kind(exporter, SpanKind.SERVER)
+
+
 async def test_the_span_tree_and_its_attributes(traced) -> None:
     import httpx
 
@@ -69,7 +76,7 @@ async def test_the_span_tree_and_its_attributes(traced) -> None:
         app_saw = stack.app.last_headers()
         r2 = await client.get("/orders", headers=headers)  # from the cache: no whoami
         assert r2.status_code == 200
-    [server, cached] = by_kind(exporter, SpanKind.SERVER)
+    [server, cached] = await servers_spans(exporter, 2)
     [whoami] = by_kind(exporter, SpanKind.CLIENT)
 
     # the client's trace goes on: the server span's parent is the client's span
@@ -121,7 +128,7 @@ async def test_denials_failures_and_a_new_trace(traced) -> None:
         stack.kratos.stop()
         r = await client.get("/a", headers={"X-Session-Token": alice.token})
         assert r.status_code == 503
-    denied, failed = by_kind(exporter, SpanKind.SERVER)
+    denied, failed = await servers_spans(exporter, 2)
     assert denied.parent is None
     assert dict(denied.attributes)["sessiongate.decision"] == "denied"
     assert dict(denied.attributes)["sessiongate.reason"] == "no_credential"
