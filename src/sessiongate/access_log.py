@@ -17,7 +17,7 @@ import time
 
 from starlette.types import Scope
 
-from sessiongate.logs import ACCESS_LOGGER, LogWriter, _Clock, format_access
+from sessiongate.logs import ACCESS_LOGGER, Clock, LogWriter, format_access
 from sessiongate.observe import RequestRecord, bounded
 
 
@@ -58,7 +58,7 @@ class _Line:
         self.fields = fields
 
     def __str__(self) -> str:
-        return format_access(self.fields, False, _Clock()).split(" ", 3)[3]  # type: ignore[arg-type]
+        return format_access(self.fields, False, Clock()).split(" ", 3)[3]  # type: ignore[arg-type]
 
     __repr__ = __str__
 

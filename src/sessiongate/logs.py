@@ -47,7 +47,7 @@ AccessFields = tuple[float, str, str, str, int, str, str, float, float, str, str
 MAX_PATH = 2048  # longer paths are cut (and marked): a line stays a line
 
 
-class _Clock:
+class Clock:
     """RFC 3339 UTC text of a time, the seconds part computed once per second."""
 
     __slots__ = ("second", "text")
@@ -67,7 +67,7 @@ def _path(path: str) -> str:
     return path if len(path) <= MAX_PATH else path[:MAX_PATH] + "..."
 
 
-def format_access(fields: AccessFields, as_json: bool, clock: _Clock) -> str:
+def format_access(fields: AccessFields, as_json: bool, clock: Clock) -> str:
     """One access line. Strings a client controls (path, request id) are JSON-escaped in both
     formats: a newline or a quote in them cannot forge a line or a field."""
     (when, rid, method, path, status, decision, reason, overhead, duration, identity) = fields[:10]
@@ -112,7 +112,7 @@ class LineFormatter(logging.Formatter):
     def __init__(self, as_json: bool) -> None:
         super().__init__()
         self.as_json = as_json
-        self.clock = _Clock()
+        self.clock = Clock()
 
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
@@ -139,7 +139,7 @@ class LineFormatter(logging.Formatter):
         return json.dumps(out, separators=(",", ":"), default=str)
 
 
-class _ToWriter(logging.handlers.QueueHandler):
+class ToWriter(logging.handlers.QueueHandler):
     """Puts a finished record in the writer's queue: the message merged with its arguments
     (they may change later), the exception as text, the running request's id."""
 
@@ -169,7 +169,7 @@ class LogWriter:
         self.stream = stream if stream is not None else sys.stderr
         self.as_json = as_json
         self.formatter = LineFormatter(as_json)
-        self.clock = _Clock()
+        self.clock = Clock()
         self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.dropped = 0
         self.pid = os.getpid()
@@ -270,7 +270,7 @@ def configure_logging(
     writer = LogWriter(stream, as_json=format == "json")
     if old is not None:
         old.stop()  # written out first (a thread of a parent process is not ours to join)
-    handler = _ToWriter(writer)
+    handler = ToWriter(writer)
     root.addHandler(handler)
     root.setLevel(level.upper())
     for name in ("uvicorn", "uvicorn.error", "_granian"):

@@ -32,7 +32,7 @@ from apps import EchoApp
 from sessiongate.access_log import AccessLog
 from sessiongate.config import Settings
 from sessiongate.gate import Gate
-from sessiongate.logs import LogWriter, _ToWriter
+from sessiongate.logs import LogWriter, ToWriter
 from sessiongate.testing import CreatedSession, FakeKratosServer, UvicornThread
 
 ORY_API_KEY = "ory_pat_LogSecrecyApiKey7f3c9a1e5b2d8f40"
@@ -170,7 +170,7 @@ def capture_everything(
     """DEBUG everywhere, a handler on the root and on each logger that does not propagate.
     Installed after the servers started: uvicorn configures its loggers when a server starts."""
     capture = Capture()
-    to_writer = _ToWriter(secret_stack.writer)  # every record also as a JSON line
+    to_writer = ToWriter(secret_stack.writer)  # every record also as a JSON line
     caplog.set_level(logging.DEBUG)
     root = logging.getLogger()
     loggers = [root] + [
