@@ -60,6 +60,10 @@ NO_CACHE = "nginx auth_request, no cache"
 # metrics (issue 14): the same build with `metrics: {enabled: false}` beside the default (on)
 GRANIAN = "sessiongate proxy (granian)"
 METRICS_OFF = "sessiongate proxy (granian), metrics off"
+# access logs (issue 14): the same proxy row with JSON access lines (to stderr: /dev/null here)
+# against none at all
+ACCESS_JSON = "sessiongate proxy, JSON access log"
+ACCESS_OFF = "sessiongate proxy, no access log"
 BENCH_SECRET = "bench-secret-bench-secret-0123456789abcdef"  # noqa: S105 (loopback bench)
 
 
@@ -339,16 +343,18 @@ def gate_config(
     workers: int = 1,
     shared: str = "",
     metrics: bool = True,
+    log: str = "level: warning",
 ) -> Path:
     """A gate's settings; without `upstream` it is a decision service (forward auth). Metrics
-    are on (the default) on a free port, or off."""
+    are on (the default) on a free port, or off; access lines are written whatever
+    `log.level` says (on by default, text)."""
     path = work / f"gate_{port}.yaml"
     path.write_text(
         textwrap.dedent(f"""
         listen: {{host: 127.0.0.1, port: {port}, server: {server}, workers: {workers}}}
         ory: {{public_url: "http://127.0.0.1:{ports["whoami"]}", timeout: 5s, max_inflight: 2048}}
         cache: {{ttl: 300s, max_entries: 200000}}
-        log_level: warning
+        log: {{{log}}}
         """)
         + (
             f'upstream: {{url: "{upstream}", max_connections: 512}}\n'
@@ -530,6 +536,16 @@ def main() -> int:
                 *(PYTHON, "-m", "sessiongate.cli", "serve", "--config"),
                 str(gate_config(work, ports, off_port, backend, "granian", metrics=False)),
             ]
+            for name, log in (
+                (ACCESS_JSON, "level: warning, format: json, access: true"),
+                (ACCESS_OFF, "level: warning, access: false"),
+            ):
+                port = free_port()
+                servers[name] = [
+                    *(PYTHON, "-m", "sessiongate.cli", "serve", "--config"),
+                    str(gate_config(work, ports, port, backend, log=log)),
+                ]
+                add(name, port)
             two_port = free_port()
             servers[TWO_WORKERS] = [
                 PYTHON,
@@ -762,6 +778,7 @@ def print_table(results: list[Result], extra: dict[str, object], args: argparse.
         (GRANIAN, METRICS_OFF),  # metrics on vs off: target >= 0.97
         (SHARED, TWO_WORKERS),
         (STRICT, TWO_WORKERS),
+        (ACCESS_JSON, ACCESS_OFF),  # target >= 0.9
     ]
     for c in sorted({r.connections for r in results}):
         print()

@@ -124,7 +124,7 @@ def main() -> int:
                 "sessions_api": {"admin": {"enabled": True}},
                 "shared": {"redis_url": f"redis://127.0.0.1:{redis_port}/0"},
                 "metrics": {"port": 0},  # two gates at once
-                "log_level": "warning",
+                "log": {"level": "warning"},
             }
             (tmp / f"{name}.yaml").write_text(yaml.safe_dump(config))
             start([SCRIPT, "serve", "--config", str(tmp / f"{name}.yaml")], f"gate-{name}")

@@ -35,7 +35,7 @@ def gate_settings(backends: Backends, redis: RedisServer, port: int, **shared: A
         "sessions_api": {"enabled": True},
         "shared": {"redis_url": redis.url, **shared},
         "metrics": {"port": 0},  # several gates at once: each its own metrics port
-        "log_level": "warning",
+        "log": {"level": "warning"},
     }
 
 

@@ -25,6 +25,7 @@ from sessiongate.identity_headers import IdentityHeaders
 from sessiongate.kratos import KratosAnswer, KratosClient, KratosUnavailable
 from sessiongate.metrics import whoami_outcome
 from sessiongate.shared_sessions import UNAVAILABLE
+from sessiongate.tracing import note_cache
 
 if TYPE_CHECKING:
     from sessiongate.metrics import Metrics
@@ -102,18 +103,22 @@ class Authenticator:
             if hit is NEGATIVE:
                 if metrics is not None:
                     metrics.cache_hit()
+                note_cache(True)
                 return ANONYMOUS
             if not self.strict:
                 if metrics is not None:
                     metrics.cache_hit()
+                note_cache(True)
                 return hit  # type: ignore[return-value]
             checked = await self._strict_hit(hit)  # type: ignore[arg-type]
             if checked is not None:
                 if metrics is not None:
                     metrics.cache_hit()
+                note_cache(checked is hit)
                 return checked
         if metrics is not None:
             metrics.cache_miss()
+        note_cache(False)  # whoami: this request's own, or one it shares
         pending = self._inflight.get(key)
         if pending is not None:
             future, leader_started = pending

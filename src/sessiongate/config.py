@@ -63,6 +63,10 @@ _RESERVED_HEADERS = {
     "x-session-token",
     "set-cookie",
     "content-type",
+    # the gate sets these itself (README, "Access logs" and "Traces")
+    "x-request-id",
+    "traceparent",
+    "tracestate",
 }
 
 
@@ -675,6 +679,27 @@ class Cors(_Section):
         return bool(self.allowed_origin_regex and re.fullmatch(self.allowed_origin_regex, origin))
 
 
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+class Log(_Section):
+    """Logging (README, "Access logs"): the level, one access line per request, the format."""
+
+    level: str = "info"
+    # one line per request, written off the event loop; proxy mode only (in middleware mode
+    # the host application logs its requests)
+    access: bool = True
+    format: Literal["text", "json"] = "text"  # json: one object per line, every line
+    identity: bool = False  # the identity id in access lines (personal data: opt-in)
+
+    @field_validator("level")
+    @classmethod
+    def _level(cls, v: str) -> str:
+        if not isinstance(v, str) or v.lower() not in LOG_LEVELS:
+            raise ValueError("log.level is one of " + ", ".join(LOG_LEVELS))
+        return v.lower()
+
+
 class Settings(_Section):
     """The whole configuration; every section has secure defaults."""
 
@@ -698,7 +723,34 @@ class Settings(_Section):
     shared: Shared = Field(default_factory=Shared)
     forward_auth: ForwardAuth = Field(default_factory=ForwardAuth)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
-    log_level: str = "info"
+    log: Log = Field(default_factory=Log)
+
+    @property
+    def log_level(self) -> str:
+        """The deprecated name of `log.level`, for code that still reads it."""
+        return self.log.level
+
+    @model_validator(mode="before")
+    @classmethod
+    def _deprecated_log_level(cls, data: Any) -> Any:
+        """The old top-level `log_level` still works: honoured unless `log.level` is set."""
+        if not isinstance(data, dict) or "log_level" not in data:
+            return data
+        data = dict(data)
+        old = data.pop("log_level")
+        section = data.get("log")
+        if isinstance(section, Log):
+            section = section.model_dump(exclude_unset=True)
+        if section is None:
+            section = {}
+        if not isinstance(section, dict):
+            return data  # the section's own validation reports it
+        if "level" in section:
+            _log.warning("log_level is deprecated and ignored: log.level is set")
+        else:
+            _log.warning("log_level is deprecated: use log.level")
+            data["log"] = {**section, "level": old}
+        return data
 
     @field_validator("public_url")
     @classmethod
@@ -733,13 +785,6 @@ class Settings(_Section):
         if not _HEADER_NAME.match(v) or v.lower() in _RESERVED_HEADERS:
             raise ValueError(f"invalid session_header {v!r}")
         return v
-
-    @field_validator("log_level")
-    @classmethod
-    def _level(cls, v: str) -> str:
-        if v.lower() not in ("critical", "error", "warning", "info", "debug"):
-            raise ValueError("log_level is one of critical, error, warning, info, debug")
-        return v.lower()
 
     @model_validator(mode="before")
     @classmethod

@@ -22,6 +22,7 @@ import httpx
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import Receive, Scope, Send
 
+from sessiongate.access_log import AccessLog
 from sessiongate.cache import CachedSession
 from sessiongate.config import (
     ConfigError,
@@ -34,6 +35,7 @@ from sessiongate.decide import Decider
 from sessiongate.forward_auth import ForwardAuth
 from sessiongate.gatekeeper import Gatekeeper
 from sessiongate.kratos import KratosClient
+from sessiongate.logs import current_writer, flush_logs
 from sessiongate.metrics import Metrics
 from sessiongate.observe import Observers, RequestRecord, record_of
 from sessiongate.proxy import UpstreamProxy
@@ -41,6 +43,7 @@ from sessiongate.relay import SessionsRelay
 from sessiongate.relay_routes import ROUTE_NAMES
 from sessiongate.responses import send_error, send_json
 from sessiongate.revocations import Revocations
+from sessiongate.tracing import CONTEXT, CURRENT, RequestContext, RequestIds, Tracing
 from sessiongate.websocket_guard import WebSocketGuard
 
 log = logging.getLogger("sessiongate")
@@ -59,19 +62,28 @@ CORS_EXPOSE = [
     "Ory-Error-Id",
     "X-Kratos-Authenticated-Identity-Id",
     "Retry-After",
+    "X-Request-Id",
 ]
 
 
 class Gate:
     def __init__(
-        self, settings: Settings, *, kratos_transport: httpx.AsyncBaseTransport | None = None
+        self,
+        settings: Settings,
+        *,
+        kratos_transport: httpx.AsyncBaseTransport | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
+        """`tracing`: OpenTelemetry spans with a given provider; default: as the `OTEL_*`
+        variables say (tracing.py)."""
         problems = runtime_problems(settings)
         if problems:
             raise ConfigError(problems)
         for warning in config_warnings(settings):
             log.warning("configuration: %s", warning)
         self.settings = settings
+        self.tracing = tracing if tracing is not None else Tracing.from_environment()
+        self.request_ids = RequestIds(settings.forwarded.trusted_proxies)
         self.kratos = KratosClient(
             settings.ory.public_url,
             settings.ory.admin_base,
@@ -80,6 +92,7 @@ class Gate:
             max_connections=settings.ory.max_inflight,
             transport=kratos_transport,
         )
+        self.kratos.tracing = self.tracing
         self.gatekeeper = Gatekeeper(settings, self.kratos)
         self.proxy = (
             None  # a decision service (forward_auth) with no app of its own
@@ -125,10 +138,14 @@ class Gate:
             gk.count_with(self.metrics)
             if self.proxy is not None:
                 self.proxy.metrics = self.metrics
+        if settings.log.access:
+            self.observers.add(AccessLog(current_writer(), identity=settings.log.identity))
+        if self.tracing is not None:
+            self.observers.add(self.tracing)  # ends each request's server span
         self._worker_tag = (
             [(b"x-sessiongate-worker", str(os.getpid()).encode())]
             if os.environ.get(TAG_WORKER_ENV)
-            else None
+            else []
         )
         # forward auth (forward_auth.py): its path answered before anything else, CORS included
         # (the callers are proxies); off, requests go straight on
@@ -175,6 +192,7 @@ class Gate:
             strip_tokens=settings.upstream.strip_credentials,
             public_url=settings.public_url,
             strip_cors_headers=settings.cors.enabled and settings.cors.apply_to == "all",
+            trace_headers=self.tracing.fields if self.tracing is not None else frozenset(),
             protected_headers=settings.spoofable_headers(),
             pool_timeout=settings.upstream.pool_timeout,
             max_connections_per_client=settings.upstream.max_connections_per_client,
@@ -195,18 +213,33 @@ class Gate:
         if self._start_shared and kind != "lifespan":
             self._start_shared = False  # servers without lifespan events start it here
             self.revocations.start()  # type: ignore[union-attr]
-        if self._worker_tag is not None and kind == "http":
-            send = _tagged(send, self._worker_tag)
         if kind == "lifespan":
             await self._lifespan(receive, send)
-        elif self.observers and kind in ("http", "websocket"):
-            record, send = self.observers.start(scope, send)
-            try:
-                await self._entry(scope, receive, send)
-            finally:
-                self.observers.finish(scope, record)
-        else:
+            return
+        if kind not in ("http", "websocket"):
             await self._entry(scope, receive, send)
+            return
+        # the request's id and trace context: for the app, Kratos, the client and the observers
+        request_id = self.request_ids.of(scope)
+        ctx = scope[CONTEXT] = RequestContext(
+            request_id, scope["headers"], self.tracing is not None
+        )
+        reset = CURRENT.set(ctx)
+        send = _tagged(send, [(b"x-request-id", request_id.encode()), *self._worker_tag])
+        try:
+            if self.observers:
+                record, send = self.observers.start(scope, send)
+                record.request_id = request_id
+                if self.tracing is not None:
+                    self.tracing.start(scope, ctx)
+                try:
+                    await self._entry(scope, receive, send)
+                finally:
+                    self.observers.finish(scope, record)
+            else:
+                await self._entry(scope, receive, send)
+        finally:
+            CURRENT.reset(reset)
 
     async def _requests(self, scope: Scope, receive: Receive, send: Send) -> None:
         """HTTP requests and WebSockets (after the decision endpoint, when it is on)."""
@@ -376,6 +409,7 @@ class Gate:
             elif message["type"] == "lifespan.shutdown":
                 await self.aclose()
                 log.info("sessiongate stopped: connections closed")
+                flush_logs()  # the process may exit right after: every line written first
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -388,6 +422,8 @@ class Gate:
         await self.gatekeeper.aclose()
         if self.metrics is not None:
             self.metrics.close()
+        if self.tracing is not None:
+            self.tracing.shutdown()  # pending spans exported
 
 
 _BAD_HOST = ("bad_request", "bad_host")
@@ -402,9 +438,12 @@ def _admitted(record: RequestRecord, session: CachedSession | None) -> None:
 
 
 def _tagged(send: Send, tag: list[tuple[bytes, bytes]]) -> Send:
+    """Every answer, the app's and the gate's own, carries these headers (X-Request-Id)."""
+
     async def tagging(message):  # type: ignore[no-untyped-def]
-        if message["type"] == "http.response.start":
-            message = {**message, "headers": [*message.get("headers", []), *tag]}
+        kind = message["type"]
+        if kind == "http.response.start" or kind == "websocket.accept":
+            message = {**message, "headers": [*message.get("headers", ()), *tag]}
         await send(message)
 
     return tagging

@@ -34,6 +34,7 @@ from sessiongate.observe import record_of
 from sessiongate.redirects import safe_return_to, with_query
 from sessiongate.responses import send_error, send_redirect
 from sessiongate.shared_sessions import attach
+from sessiongate.tracing import note_cache
 
 if TYPE_CHECKING:
     from sessiongate.metrics import Metrics
@@ -103,6 +104,7 @@ class Gatekeeper:
                     metrics = self.metrics
                     if metrics is not None:
                         metrics.cache_hit()
+                    note_cache(True)
                     forwarded = self.identity.strip(headers)
                     forwarded.extend(hit.identity_headers)
                     return Pass(hit, forwarded)

@@ -5,7 +5,9 @@ hundreds at once, and httpx's pool bookkeeping grows with the pool on every requ
 sessions together took more than the 5 s timeout through httpx here. So whoami goes through an
 aiohttp session (as the upstream proxy does); the relay's occasional calls keep httpx. When
 tests inject an httpx transport (a `KratosFake` in-process), whoami uses it too. Only the one
-credential header is ever sent; the Ory API key goes only to admin endpoints.
+credential header is ever sent, with the request's X-Request-Id and trace context (tracing.py:
+those of the request whose task makes the call); the Ory API key goes only to admin endpoints.
+With OpenTelemetry each whoami call is a CLIENT span.
 """
 
 from __future__ import annotations
@@ -13,11 +15,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import aiohttp
 import httpx
 
 from sessiongate.credentials import Credential
+from sessiongate.tracing import outgoing
+
+if TYPE_CHECKING:
+    from sessiongate.tracing import Tracing
 
 #: A whoami body larger than this is not a session (Kratos' are 1-4 KB): fail closed, unread.
 MAX_WHOAMI_BYTES = 1024 * 1024
@@ -71,6 +79,16 @@ class KratosClient:
         self._in_process = transport is not None
         self._whoami_url = self.public_url + "/sessions/whoami"
         self._fast: aiohttp.ClientSession | None = None
+        self.tracing: Tracing | None = None  # OpenTelemetry spans (set by the gate)
+        parts = urlsplit(self.public_url)
+        host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname
+        # for spans: the URL without any userinfo
+        self._span_target = (
+            f"{parts.scheme}://{host}{':' + str(parts.port) if parts.port else ''}"
+            f"{parts.path}/sessions/whoami",
+            parts.hostname or "",
+            parts.port,
+        )
 
     def _fast_session(self) -> aiohttp.ClientSession:
         if self._fast is None or self._fast.closed:
@@ -86,6 +104,17 @@ class KratosClient:
 
     async def whoami(self, credential: Credential) -> KratosAnswer:
         headers = {"Accept": "application/json", **credential.whoami_headers()}
+        tracing = self.tracing
+        if tracing is None:
+            headers.update(outgoing())
+            return await self._whoami(headers)
+        with tracing.whoami(*self._span_target) as span:
+            headers.update(outgoing())  # inside the span: Kratos' parent is this call
+            answer = await self._whoami(headers)
+            tracing.answered(span, answer.status)
+            return answer
+
+    async def _whoami(self, headers: dict[str, str]) -> KratosAnswer:
         try:
             # one deadline for the whole exchange: a Kratos trickling bytes must not outlast it
             async with asyncio.timeout(self.timeout):

@@ -8,10 +8,12 @@ them as read-only), and replaces the identity headers so code that reads `X-User
 stays safe. On public paths and CORS preflights (which pass without a session, only under
 `cors.apply_to: sessions`) `request.user` is Starlette's `UnauthenticatedUser` and
 `request.auth` empty `AuthCredentials`. A request without exactly one Host header gets 400, as
-in proxy mode. WebSockets go through the proxy mode's `WebSocketGuard`: foreign-Origin cookie
-handshakes are refused, and a socket whose session ends is closed on both sides
-(`_WatchedSocket`). `require_session` is a dependency for FastAPI (or a helper for Starlette
-views).
+in proxy mode. Whoami calls carry the request's own `traceparent`/`tracestate` and, from a
+trusted proxy, its `X-Request-Id` (tracing.py); the middleware makes no ids, spans or access
+lines of its own: the host application owns those. WebSockets go through the proxy mode's
+`WebSocketGuard`: foreign-Origin cookie handshakes are refused, and a socket whose session ends
+is closed on both sides (`_WatchedSocket`). `require_session` is a dependency for FastAPI (or a
+helper for Starlette views).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from sessiongate.observe import Observers, record_of
 from sessiongate.relay_routes import ROUTE_NAMES
 from sessiongate.responses import send_error
 from sessiongate.revocations import Revocations
+from sessiongate.tracing import CURRENT, RequestContext, RequestIds
 from sessiongate.websocket_guard import SocketWatch, WebSocketGuard
 
 log = logging.getLogger("sessiongate")
@@ -119,6 +122,7 @@ class SessionGateMiddleware:
         if self.metrics is not None:
             self.observers.add(self.metrics)
             gk.count_with(self.metrics)
+        self._trusted = RequestIds(self.settings.forwarded.trusted_proxies).trusted
         for warning in config_warnings(self.settings):
             log.warning("configuration: %s", warning)
         # The shared mode: `cache.evict_*` reach every process through Redis; an app that must
@@ -146,14 +150,22 @@ class SessionGateMiddleware:
                 return
             await self.app(scope, receive, send)
             return
-        if not self.observers:
-            await self._gated(scope, receive, send)
-            return
-        record, send = self.observers.start(scope, send)
+        # what Kratos calls made for this request carry (tracing.outgoing)
+        trusted = self._trusted
+        rid = RequestIds.incoming(scope) if trusted and trusted.peer_is_trusted(scope) else ""
+        reset = CURRENT.set(RequestContext(rid, scope["headers"], False))
         try:
-            await self._gated(scope, receive, send)
+            if not self.observers:
+                await self._gated(scope, receive, send)
+                return
+            record, send = self.observers.start(scope, send)
+            record.request_id = rid
+            try:
+                await self._gated(scope, receive, send)
+            finally:
+                self.observers.finish(scope, record)
         finally:
-            self.observers.finish(scope, record)
+            CURRENT.reset(reset)
 
     async def _gated(self, scope: Scope, receive: Receive, send: Send) -> None:
         record = record_of(scope)

@@ -73,6 +73,7 @@ class RequestRecord:
     upstream_error: str = ""  # the proxy's own answer instead of the app's: 408 | 502 | 503 | 504
     route: str = ""  # the relay route (relay_routes.py) for decision "relay"
     identity_id: str = ""  # the session's identity, for allowed requests
+    request_id: str = ""  # X-Request-Id (tracing.RequestIds): a trusted proxy's, or the gate's
     finished: float = 0.0
 
     def decide(self, decision: str, reason: str = "") -> None:

@@ -37,6 +37,7 @@ from sessiongate.client_address import TrustedProxies
 from sessiongate.credentials import is_bearer, without_session_cookies
 from sessiongate.observe import record_of
 from sessiongate.responses import send_error
+from sessiongate.tracing import CONTEXT, REQUEST_ID, for_app
 from sessiongate.upstream_limits import RETRY_AFTER, UpstreamLimits
 
 if TYPE_CHECKING:
@@ -93,7 +94,7 @@ _ROUTING = frozenset(
 _TRUSTED_ONLY = _FORWARDED | _ROUTING
 # `_` spellings (X_Original_URL) are dropped from anyone: servers that fold `_` into `-` would
 # read them as the real header, and no proxy sends them.
-_NEVER_WITH_UNDERSCORE = _TRUSTED_ONLY | {b"x-session-token"}
+_NEVER_WITH_UNDERSCORE = _TRUSTED_ONLY | {b"x-session-token", REQUEST_ID}
 _WS_HANDSHAKE = frozenset(
     {
         b"sec-websocket-key",
@@ -105,7 +106,8 @@ _WS_HANDSHAKE = frozenset(
 # Request headers the proxy looks at; everything else is passed on as is.
 # `Expect` is dropped: the client's ASGI server answers `100-continue` itself, and aiohttp would
 # otherwise wait for the app's `100` before sending a body the gate already holds.
-_SPECIAL = HOP_BY_HOP | _TRUSTED_ONLY | {b"host", b"connection", b"cookie", b"expect"}
+# `X-Request-Id`: the gate's own replaces the client's (tracing.RequestIds).
+_SPECIAL = HOP_BY_HOP | _TRUSTED_ONLY | {b"host", b"connection", b"cookie", b"expect", REQUEST_ID}
 _CREDENTIALS = frozenset({b"x-session-token", b"authorization"})
 CHUNK = 64 * 1024
 # A client that leaves is noticed by a watcher task; answers faster than this never start one
@@ -258,6 +260,7 @@ class UpstreamProxy:
         strip_tokens: bool = False,
         public_url: str | None = None,
         strip_cors_headers: bool = False,
+        trace_headers: frozenset[bytes] = frozenset(),
         protected_headers: frozenset[str] = frozenset(),
         pool_timeout: float = 2.0,
         max_connections_per_client: int = 64,
@@ -284,6 +287,8 @@ class UpstreamProxy:
         # X-Session-Token and `Authorization: Bearer`: the Ory credential's other forms
         self.strip_tokens = strip_tokens
         self.special = _SPECIAL | _CREDENTIALS if strip_tokens else _SPECIAL
+        # with OpenTelemetry the app gets the gate's span as its parent, not the client's
+        self.special |= trace_headers
         # the configured external URL is what the app is told, not the client's Host
         public = URL(public_url) if public_url else None
         self.public_host = public.raw_authority if public is not None else None
@@ -376,6 +381,9 @@ class UpstreamProxy:
             # compared as the gate's identity headers are: case-blind, `_` as `-`
             drop = {n.decode("latin-1").replace("_", "-") for n in named if n} - self.protected
             out = [(n, v) for n, v in out if n.lower().replace("_", "-") not in drop]
+        ctx = scope.get(CONTEXT)
+        if ctx is not None:  # after the `Connection` drop: a client cannot name them away
+            out.extend(for_app(ctx))
         peer = (scope.get("client") or ("", 0))[0]
         out.append(("X-Forwarded-For", f"{xff}, {peer}" if xff and peer else (xff or peer)))
         if self.public_host is not None:
@@ -400,8 +408,9 @@ class UpstreamProxy:
             lname = name.lower()
             if lname in HOP_BY_HOP or lname in connection_named:
                 continue
-            if lname == b"date":
-                continue  # the ASGI server adds its own Date: one response, one Date
+            if lname == b"date" or lname == REQUEST_ID:
+                # the ASGI server adds its own Date, the gate its X-Request-Id: one of each
+                continue
             if self.strip_cors_headers and lname.startswith(b"access-control-"):
                 continue
             out.append((lname, value))

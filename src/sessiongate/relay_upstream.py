@@ -1,10 +1,11 @@
 """The relay's calls to Kratos: only what Kratos needs goes out, Kratos' answer comes back.
 
-A relayed request carries `Accept`, `Content-Type`, `X-Request-Id`, the body and either the
-caller's one credential (public routes) or the gate's own `ORY_API_KEY` (admin routes). Its URL
-is the route's upstream path (built from validated parts, see `relay_routes`) plus the
-re-encoded query. The answer keeps status, body and headers, except hop-by-hop and CORS
-headers; `Link` and `Location` are rewritten to the gate, `Set-Cookie` domains when configured.
+A relayed request carries `Accept`, `Content-Type`, the request's X-Request-Id and trace context
+(tracing.outgoing), the body and either the caller's one credential (public routes) or the
+gate's own `ORY_API_KEY` (admin routes). Its URL is the route's upstream path (built from
+validated parts, see `relay_routes`) plus the re-encoded query. The answer keeps status, body
+and headers, except hop-by-hop, CORS and X-Request-Id headers; `Link` and `Location` are
+rewritten to the gate, `Set-Cookie` domains when configured.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from sessiongate.credentials import Credential
 from sessiongate.kratos import KratosClient
 from sessiongate.relay_rewrite import UrlRewriter, rewrite_cookie_domain
 from sessiongate.relay_routes import Route
+from sessiongate.tracing import outgoing
 
 RawHeaders = list[tuple[bytes, bytes]]
 
-_FORWARDED = (b"accept", b"content-type", b"x-request-id")
+_FORWARDED = (b"accept", b"content-type")
 _DROP_FROM_KRATOS = frozenset(
     {
         "content-length",
@@ -32,6 +34,7 @@ _DROP_FROM_KRATOS = frozenset(
         "keep-alive",
         "date",
         "server",
+        "x-request-id",  # the gate's own goes back to the client
         "access-control-allow-origin",
         "access-control-allow-credentials",
         "access-control-expose-headers",
@@ -102,6 +105,7 @@ class KratosRelay:
         for name, value in call.headers:
             if name in _FORWARDED:
                 headers[name.decode("latin-1")] = value.decode("latin-1")
+        headers.update(outgoing())
         if admin:
             if self.kratos.api_key:
                 headers["Authorization"] = f"Bearer {self.kratos.api_key}"

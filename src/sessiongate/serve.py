@@ -43,7 +43,7 @@ def gate_from_environment() -> Gate:
     from sessiongate.gate import Gate  # here, not at import: granian's supervisor never needs it
 
     settings = load_settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log.level, settings.log.format)  # this worker's writer
     return Gate(settings)
 
 
@@ -54,7 +54,7 @@ class StartupError(Exception):
 def serve(settings: Settings, config_path: str | None) -> None:
     """Serve until SIGINT/SIGTERM. `settings` were validated by the caller. Raises
     StartupError (before any worker starts) when the metrics port cannot be bound."""
-    configure_logging(settings.log_level)
+    configure_logging(settings.log.level, settings.log.format)
     if settings.listen.workers > 1 and not settings.shared.enabled:
         log.warning(
             "%d workers, each with its own session cache: a revocation through the gate "
@@ -118,8 +118,14 @@ def _serve_granian(settings: Settings, config_path: str | None) -> None:
         http1_settings=HTTP1Settings(header_read_timeout=HEADER_READ_TIMEOUT_MS),
         websockets=True,
         backlog=4096,
-        log_level=LogLevels(settings.log_level),
+        log_level=LogLevels(settings.log.level),
         log_access=False,
+        # granian's own lines through the gate's writer (logs.py), in the gate's format
+        log_dictconfig={
+            "version": 1,
+            "disable_existing_loggers": False,
+            "loggers": {"_granian": {"handlers": [], "propagate": True}},
+        },
     ).serve()
 
 
@@ -131,7 +137,8 @@ def _serve_uvicorn(settings: Settings, config_path: str | None) -> None:
     common = {
         "host": settings.listen.host,
         "port": settings.listen.port,
-        "log_level": settings.log_level,
+        "log_level": settings.log.level,
+        "log_config": None,  # uvicorn's lines through the gate's writer (logs.py)
         "access_log": False,
         "lifespan": "on",
         "proxy_headers": False,

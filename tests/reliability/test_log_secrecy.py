@@ -8,8 +8,10 @@ revoked tokens, cookies and bearers; the session relay (whoami, list, revoke, lo
 admin routes with the gate's admin key (the gate then uses its own `ORY_API_KEY`); the app
 down (502) and Kratos down (503). Then every record's message, arguments, exception text,
 stack and extra attributes are searched for every token, cookie value, admin key and the Ory
-API key, raw and percent-encoded. The logs must not be empty: a capture that saw nothing would
-prove nothing.
+API key, raw and percent-encoded. The same goes for what the gate's log writer wrote (logs.py:
+the JSON lines `sessiongate serve` writes, access lines with the identity included, every
+record of the run besides), and query strings too. The logs must not be empty: a capture that
+saw nothing would prove nothing.
 
 The Prometheus metrics page gets the same search after the same scenario, with session and
 identity ids and a query string added (`test_no_secret_reaches_the_metrics_page`).
@@ -18,6 +20,7 @@ identity ids and a query string added (`test_no_secret_reaches_the_metrics_page`
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 from collections.abc import Iterator
@@ -30,8 +33,10 @@ import pytest
 
 from apps import EchoApp
 from metrics_page import settled_page
+from sessiongate.access_log import AccessLog
 from sessiongate.config import Settings
 from sessiongate.gate import Gate
+from sessiongate.logs import LogWriter, ToWriter
 from sessiongate.testing import CreatedSession, FakeKratosServer, UvicornThread
 
 ORY_API_KEY = "ory_pat_LogSecrecyApiKey7f3c9a1e5b2d8f40"
@@ -41,6 +46,7 @@ UNKNOWN_TOKEN = "ory_st_UnknownTokenNeverIssued0123456789"
 UNKNOWN_COOKIE = "MTcwMDAwMDAwMHxVbmtub3duQ29va2llVmFsdWVOZXZlcklzc3VlZA=="
 MALFORMED_TOKEN = "ory_st_Malformed\xe9TokenWith8bitBytes42"
 OVERSIZED_TOKEN = "ory_st_OversizedToken" + "Q" * 5000
+QUERY_SECRET = "qs-LogSecrecyQuerySecret-2b7e9c4a1f6d3e8b"
 COOKIE = "ory_kratos_session"
 
 
@@ -81,12 +87,30 @@ def leaks(records: list[logging.LogRecord], secrets: dict[str, str]) -> list[tup
     return found
 
 
+def leaks_in_text(text: str, secrets: dict[str, str]) -> list[tuple[str, str]]:
+    """(secret's label, line) for every written line that shows a secret in any form."""
+    found = []
+    for line in text.splitlines():
+        for label, secret in secrets.items():
+            middle = secret[len(secret) // 2 - 8 : len(secret) // 2 + 8]
+            forms = {secret, quote(secret, safe=""), json.dumps(secret)[1:-1], middle}
+            if any(form in line for form in forms):
+                found.append((label, line[:300]))
+    return found
+
+
 @dataclass
 class SecretStack:
     kratos: FakeKratosServer
     app: EchoApp
     upstream: UvicornThread
     gate_server: UvicornThread
+    writer: LogWriter  # the JSON lines: access lines (identity on) and every record
+    written: io.StringIO
+
+    def lines(self) -> str:
+        self.writer.flush()
+        return self.written.getvalue()
 
     @property
     def url(self) -> str:
@@ -108,10 +132,14 @@ def secret_stack(monkeypatch: pytest.MonkeyPatch) -> Iterator[SecretStack]:
             "upstream": {"url": upstream.url, "timeout": 3, "connect_timeout": 1},
             "access": {"public_paths": ["/public/*"]},
             "sessions_api": {"admin": {"enabled": True}},
-            "log_level": "debug",
+            "log": {"level": "debug", "identity": True},
         }
     )
     gate = Gate(settings)
+    # as `sessiongate serve --log.format json` writes: access lines through a writer thread
+    written = io.StringIO()
+    writer = LogWriter(written, as_json=True)
+    gate.observers.add(AccessLog(writer, identity=True))
     # uvicorn sets its loggers' levels when a server starts: put them back afterwards
     uvicorn_loggers = [
         logging.getLogger(n) for n in ("uvicorn.error", "uvicorn.access", "uvicorn.asgi")
@@ -129,8 +157,9 @@ def secret_stack(monkeypatch: pytest.MonkeyPatch) -> Iterator[SecretStack]:
     )
     gate_server.start()
     try:
-        yield SecretStack(kratos, app, upstream, gate_server)
+        yield SecretStack(kratos, app, upstream, gate_server, writer, written)
     finally:
+        writer.stop()
         gate_server.stop()
         upstream.stop()
         kratos.stop()
@@ -145,6 +174,7 @@ def capture_everything(
     """DEBUG everywhere, a handler on the root and on each logger that does not propagate.
     Installed after the servers started: uvicorn configures its loggers when a server starts."""
     capture = Capture()
+    to_writer = ToWriter(secret_stack.writer)  # every record also as a JSON line
     caplog.set_level(logging.DEBUG)
     root = logging.getLogger()
     loggers = [root] + [
@@ -156,6 +186,8 @@ def capture_everything(
         lg.disabled = False
         if lg is root or not lg.propagate:
             lg.addHandler(capture)
+            if lg.name != "uvicorn.access":  # off in `sessiongate serve`
+                lg.addHandler(to_writer)
     try:
         yield capture
     finally:
@@ -163,6 +195,7 @@ def capture_everything(
             lg.setLevel(level)
             lg.disabled = disabled
             lg.removeHandler(capture)
+            lg.removeHandler(to_writer)
 
 
 def session_secrets(label: str, session: CreatedSession) -> dict[str, str]:
@@ -211,6 +244,7 @@ async def run_scenario(secret_stack: SecretStack) -> Scenario:
         # the proxy: valid, cached, every kind of credential
         await call("token", "GET", "/a", headers=token)
         await call("token-cached", "GET", "/a", headers=token)
+        await call("query", "GET", f"/a?access_token={QUERY_SECRET}&x=1", headers=token)
         await call("cookie", "POST", "/b", headers=cookie, content=alice.token.encode())
         await call("bearer", "GET", "/c", headers={"Authorization": f"Bearer {alice.token}"})
         # refused: unknown, revoked, malformed, oversized, none at all
@@ -272,7 +306,9 @@ async def run_scenario(secret_stack: SecretStack) -> Scenario:
             "kratos-down-relay", "GET", "/sessions/whoami", headers={"X-Session-Token": erin.token}
         )
         await call("kratos-down-admin", "GET", "/admin/sessions", headers=admin)
+    # in query strings: the test's client and uvicorn's access log write those, not the gate
     logout_tokens = {f"{n}.logout_token": s.logout_token for n, s in [("alice", alice)]}
+    logout_tokens["query_secret"] = QUERY_SECRET
     return Scenario(statuses, secrets, logout_tokens)
 
 
@@ -285,6 +321,7 @@ async def test_no_secret_reaches_any_log_record(
     assert scenario.statuses == {
         "token": 200,
         "token-cached": 200,
+        "query": 200,
         "cookie": 200,
         "bearer": 200,
         "unknown": 401,
@@ -328,13 +365,28 @@ async def test_no_secret_reaches_any_log_record(
     assert leaks(records, secrets) == []
     assert leaks(caplog.records, secrets) == []
 
+    # the JSON lines: one access line per request (identity on), the records besides
+    written = secret_stack.lines()
+    lines = [json.loads(line) for line in written.splitlines()]
+    # (the gate's default access observer logs through `logging` too: "message" lines)
+    access = [x for x in lines if x["logger"] == "sessiongate.access" and "status" in x]
+    assert len(access) == len(scenario.statuses), len(access)
+    assert any("identity_id" in line for line in access)
+    assert len(lines) > len(access) + 30, len(lines)  # the records went through too
+    assert leaks_in_text(written, secrets) == []
+    access_text = "\n".join(json.dumps(line) for line in access)
+    assert leaks_in_text(access_text, scenario.logout_tokens) == []  # no query string
+
     # the search does find a secret when one is logged, even through a non-propagating logger
     canary = logging.getLogger("uvicorn.access")
     canary.info("%s", {"headers": [("x-session-token", secrets["alice.token"])]})
     assert [label for label, *_ in leaks(capture_everything.records, secrets)] == ["alice.token"]
+    # ... and in the written lines (an access line cannot carry one: a record does here)
+    logging.getLogger("sessiongate.canary").warning("token %s", secrets["bob.token"])
+    assert [label for label, _ in leaks_in_text(secret_stack.lines(), secrets)] == ["bob.token"]
 
 
-async def test_the_gate_does_not_log_logout_tokens(
+async def test_the_gate_does_not_log_logout_tokens_or_queries(
     secret_stack: SecretStack, capture_everything: Capture
 ) -> None:
     scenario = await run_scenario(secret_stack)

@@ -234,6 +234,9 @@ class KratosFake:
         )
         #: Every request the fake answered, as (method, path); tests count whoami calls with it.
         self.requests: list[tuple[str, str]] = []
+        #: ...and their headers, as (method, path, {lower-case name: last value}): what a
+        #: client sent along (X-Request-Id, traceparent).
+        self.received: list[tuple[str, str, dict[str, str]]] = []
         self._passwords: dict[str, bytes] = {}
         admin_routes = self._admin_routes()
         public_routes = self._public_routes() + login_routes(self)
@@ -429,6 +432,13 @@ class KratosFake:
         if scope["type"] != "http":
             return
         self.requests.append((scope["method"], scope["path"]))
+        self.received.append(
+            (
+                scope["method"],
+                scope["path"],
+                {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]},
+            )
+        )
         method = scope["method"]
 
         async def send_with_headers(message: dict[str, Any]) -> None:
