@@ -272,10 +272,10 @@ async def test_websockets_open(make_stack):
 
 
 async def test_metrics_off_records_nothing(make_stack):
-    stack = make_stack(metrics={"enabled": False})
+    stack = make_stack(metrics={"enabled": False}, log={"access": False})
     gate = stack.gate
     assert gate.metrics is None
-    assert not gate.observers  # no record per request at all
+    assert not gate.observers  # no record per request at all (access lines off too)
     assert gate.gatekeeper.authenticator.metrics is None
     assert gate.cache.metrics is None
     alice = stack.fake.login("alice@example.com")
