@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -31,6 +30,8 @@ from pathlib import Path
 from types import TracebackType
 
 import yaml
+
+from test_cli import free_port, stop_process
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -71,12 +72,6 @@ def addresses(config: str, *, gate: int, app: int, proxy: int) -> str:
     listen = re.compile(r"(?<![\d.:])(:?)" + PROXY_PORT + r"\b")
     assert listen.search(config), f"the README config no longer listens on {PROXY_PORT}"
     return listen.sub(lambda m: f"{m.group(1)}{proxy}", config)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _listening(port: int) -> bool:
@@ -125,13 +120,8 @@ class _ProxyProcess:
         )
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)  # nginx: fast shutdown; Caddy: graceful
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        if self.proc is not None:
+            stop_process(self.proc)  # SIGTERM: nginx's fast shutdown, Caddy's graceful one
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> _ProxyProcess:

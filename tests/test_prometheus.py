@@ -16,7 +16,6 @@ import asyncio
 import json
 import re
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -40,6 +39,7 @@ from test_cli import (  # noqa: F401  (backends: a fixture)
     free_port,
     gate_config,
     serve,
+    stop_process,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -173,13 +173,7 @@ class Prometheus:
         return value
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        stop_process(self.proc)
 
 
 @pytest.fixture

@@ -21,12 +21,14 @@ def json_lines(gate: Running) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def access_lines(gate: Running, count: int) -> list[dict[str, Any]]:
-    """The access lines, once `count` were written (the writer batches: up to ~50 ms)."""
+def access_lines(gate: Running, count: int, path: str = "/hello") -> list[dict[str, Any]]:
+    """The access lines, once `count` of them for `path` were written (the writer batches: up
+    to ~50 ms; the start-up's health probes have lines of their own)."""
     deadline = time.monotonic() + 10
     while True:
         found = [x for x in json_lines(gate) if x.get("logger") == "sessiongate.access"]
-        if len(found) >= count or time.monotonic() > deadline:
+        mine = [x for x in found if x.get("path") == path]
+        if len(mine) >= count or time.monotonic() > deadline:
             return found
         time.sleep(0.05)
 

@@ -80,30 +80,31 @@ def format_access(fields: AccessFields, as_json: bool, clock: Clock) -> str:
             f'"decision":"{decision}","reason":"{reason}",'
             f'"overhead_ms":{overhead * 1000:.3f},"duration_ms":{duration * 1000:.3f}'
         )
-        if kind != "http":
-            line += f',"kind":"{kind}"'
-        if upstream_error:
-            line += f',"upstream_error":"{upstream_error}"'
-        if route:
-            line += f',"route":{_json_string(route)}'
-        if identity:
-            line += f',"identity_id":{_json_string(identity)}'
-        return line + "}"
+        return line + _optional(kind, upstream_error, route, identity, as_json=True) + "}"
     line = (
         f"{clock(when)} INFO {ACCESS_LOGGER} request_id={_json_string(rid)} "
         f"method={_json_string(method)} path={_json_string(_path(path))} status={status} "
         f"decision={decision} reason={reason or '-'} overhead_ms={overhead * 1000:.3f} "
         f"duration_ms={duration * 1000:.3f}"
     )
-    if kind != "http":
-        line += f" kind={kind}"
-    if upstream_error:
-        line += f" upstream_error={upstream_error}"
-    if route:
-        line += f" route={_json_string(route)}"
-    if identity:
-        line += f" identity_id={_json_string(identity)}"
-    return line
+    return line + _optional(kind, upstream_error, route, identity, as_json=False)
+
+
+def _optional(kind: str, upstream_error: str, route: str, identity: str, *, as_json: bool) -> str:
+    """An access line's fields that are there only when they say something. `kind` and
+    `upstream_error` are fixed words; `route` and the identity are escaped."""
+    fields = (
+        ("kind", "" if kind == "http" else kind, False),
+        ("upstream_error", upstream_error, False),
+        ("route", route, True),
+        ("identity_id", identity, True),
+    )
+    out = ""
+    for name, value, escape in fields:
+        if value:
+            shown = _json_string(value) if escape else (f'"{value}"' if as_json else value)
+            out += f',"{name}":{shown}' if as_json else f" {name}={shown}"
+    return out
 
 
 class LineFormatter(logging.Formatter):
