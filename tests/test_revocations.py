@@ -319,21 +319,3 @@ async def test_a_follower_that_dies_or_hangs_degrades_and_comes_back(pair, how, 
     a.cache.evict_session("s1")
     assert await a.rev.flush()
     await _until(lambda: b.cache.get(b"k-b") is None, BOUND, "evicted at b again")
-
-
-async def test_entries_live_their_full_ttl_as_soon_as_the_follower_has_its_place(
-    redis_servers: RedisServers,  # noqa: F811
-):
-    """A start-up's first sessions are cached for cache.ttl, not shared.degraded_ttl: the
-    follower counts as connected once it holds a place in the stream, not only when its first
-    blocking read returns (BLOCK_MS later), so they are not validated again seconds later."""
-    server = redis_servers.start()
-    node = Node(server)
-    assert node.cache.ttl == 5.0  # connecting: capped at degraded_ttl
-    node.start()
-    try:
-        await _until(lambda: node.rev._generation is not None, 5, "a place in the stream")
-        assert node.rev.state == "connected"
-        assert node.cache.ttl == 60.0
-    finally:
-        await node.rev.aclose()

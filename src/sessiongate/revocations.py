@@ -303,13 +303,8 @@ class Revocations:
                 try:
                     if last_id is None:
                         last_id, generation = await self._sync(client)
-                        # a place in the stream: every event after it will be applied, so
-                        # entries may live their full cache.ttl from now (not only after the
-                        # first read returns, up to BLOCK_MS later: a start-up's first
-                        # sessions would be validated again within shared.degraded_ttl)
+                        # a place in the stream: every event after it will be applied
                         self._generation = generation
-                        if self.state != "connected":
-                            self._connected()
                     reads += 1
                     pipe = client.pipeline(transaction=False)
                     pipe.get(self.generation_key)
