@@ -65,6 +65,56 @@ METRICS_OFF = "sessiongate proxy (granian), metrics off"
 ACCESS_JSON = "sessiongate proxy, JSON access log"
 ACCESS_OFF = "sessiongate proxy, no access log"
 BENCH_SECRET = "bench-secret-bench-secret-0123456789abcdef"  # noqa: S105 (loopback bench)
+AUTH_REQUEST = "nginx auth_request+cache"
+BARE = "bare ASGI app"
+MIDDLEWARE = "middleware mode"
+REFERENCE = "starlette+httpx gate"
+UVICORN = "sessiongate proxy (uvicorn)"
+
+#: `--rows`: row groups; the nginx anchors always run (every ratio needs them)
+ANCHORS = ("direct (nginx static)", "nginx proxy, no auth", AUTH_REQUEST)
+GROUPS = {
+    "proxy": (GRANIAN, METRICS_OFF, UVICORN, REFERENCE, ACCESS_JSON, ACCESS_OFF),
+    "middleware": (BARE, MIDDLEWARE),
+    "workers": (TWO_WORKERS, SHARED, STRICT),
+    "forward-auth": (NO_CACHE, DECISIONS),
+}
+
+
+@dataclass(frozen=True)
+class Target:
+    """A promise the table checks: `name`'s figure over `ref`'s, per round, at `c`."""
+
+    name: str
+    ref: str
+    at_least: float | None = None  # req/s ratio
+    at_most: float | None = None  # p99 ratio (latency: lower is better)
+    connections: tuple[int, ...] = (64, 256)
+
+
+TARGETS = (
+    Target(GRANIAN, AUTH_REQUEST, at_least=0.35),  # issue 15
+    Target(GRANIAN, AUTH_REQUEST, at_most=5.0, connections=(64,)),
+    Target(GRANIAN, AUTH_REQUEST, at_most=2.0, connections=(256,)),
+    Target(MIDDLEWARE, BARE, at_least=0.95),
+    Target(GRANIAN, METRICS_OFF, at_least=0.97),  # issue 14
+    Target(ACCESS_JSON, ACCESS_OFF, at_least=0.9),
+    Target(SHARED, TWO_WORKERS, at_least=0.95),  # issue 12
+    Target(STRICT, TWO_WORKERS, at_least=0.7),
+    Target(DECISIONS, NO_CACHE, at_least=0.6),  # issue 13
+)
+
+
+def skipped_rows(rows: str, skip: str) -> set[str]:
+    """The rows not run: those outside the `--rows` groups, and those `--skip` names."""
+    out = set(filter(None, (s.strip() for s in skip.split(";"))))
+    chosen = set(filter(None, (g.strip() for g in rows.split(","))))
+    unknown = chosen - set(GROUPS)
+    if unknown:
+        raise SystemExit(f"--rows: unknown group(s) {sorted(unknown)}; known: {sorted(GROUPS)}")
+    if chosen:
+        out |= {row for group, names in GROUPS.items() if group not in chosen for row in names}
+    return out
 
 
 # -- helpers --------------------------------------------------------------------------------
@@ -466,18 +516,30 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    parser.add_argument(
+        "--duration",
+        type=int,
+        default=5,
+        help="seconds per wrk run (5 rounds of 5 s: the full run takes ~25 minutes on 2 cores)",
+    )
     parser.add_argument("--sessions", type=int, default=100)
     parser.add_argument("--connections", default="64,256")
     parser.add_argument("--cold", type=int, default=1000, help="sessions in the cold start")
     parser.add_argument("--memory-sessions", type=int, default=100_000)
     parser.add_argument("--skip", default="", help="rows to skip, separated by ';'")
+    parser.add_argument(
+        "--rows",
+        default="",
+        help=f"row groups to run, separated by ',' (default all: {', '.join(GROUPS)}); the "
+        "nginx anchors always run",
+    )
     parser.add_argument("--json", default="", help="also write the results here")
     parser.add_argument(
         "--rounds",
         type=int,
-        default=1,
-        help="run every row this many times, interleaved; the table shows medians",
+        default=5,
+        help="run every row this many times, interleaved (A, B, A, B, ...); the table shows "
+        "medians, the targets their worst round",
     )
     args = parser.parse_args()
     for tool in ("nginx", "wrk", "taskset"):
@@ -485,7 +547,7 @@ def main() -> int:
             print(f"missing {tool}: run bash bench/run (installs nginx and wrk)", file=sys.stderr)
             return 2
     conns = [int(c) for c in args.connections.split(",")]
-    skip = set(filter(None, (s.strip() for s in args.skip.split(";"))))
+    skip = skipped_rows(args.rows, args.skip)
     procs = Procs()
     results: list[Result] = []
     extra: dict[str, object] = {}
@@ -723,6 +785,49 @@ def round_ratios(results: list[Result], name: str, ref: str, c: int) -> list[flo
     ]
 
 
+def round_p99_ratios(results: list[Result], name: str, ref: str, c: int) -> list[float]:
+    """`name`'s p99 over `ref`'s, round by round."""
+    p99 = {(r.name, r.round): r.p99_ms for r in results if r.connections == c}
+    rounds = sorted({r.round for r in results})
+    return [
+        p99[(name, n)] / p99[(ref, n)] for n in rounds if p99.get((name, n)) and p99.get((ref, n))
+    ]
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    half = len(ordered) // 2
+    return ordered[half] if len(ordered) % 2 else (ordered[half - 1] + ordered[half]) / 2
+
+
+def target_rows(results: list[Result]) -> list[str]:
+    """The targets' table: per target and c, the median over rounds, the worst round, the range,
+    and whether the median meets it (and the worst round too)."""
+    lines = [
+        "| target | c | median | worst round | range | met (median) | met (worst) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for t in TARGETS:
+        for c in t.connections:
+            if t.at_most is not None:
+                ratios, goal = round_p99_ratios(results, t.name, t.ref, c), t.at_most
+                what, worst = f"{t.name} p99 / {t.ref} p99 <= {goal}", max(ratios, default=0)
+                meets = lambda v, goal=goal: v <= goal  # noqa: E731
+            else:
+                goal = t.at_least or 0.0
+                ratios = round_ratios(results, t.name, t.ref, c)
+                what, worst = f"{t.name} / {t.ref} >= {goal}", min(ratios, default=0)
+                meets = lambda v, goal=goal: v >= goal  # noqa: E731
+            if not ratios:
+                continue
+            mid = median(ratios)
+            lines.append(
+                f"| {what} | {c} | {mid:.3f} | {worst:.3f} | {min(ratios):.3f}-{max(ratios):.3f} "
+                f"| {'yes' if meets(mid) else 'NO'} | {'yes' if meets(worst) else 'NO'} |"
+            )
+    return lines
+
+
 def ratio_text(ratios: list[float]) -> str:
     """The median ratio; over several rounds, with their range."""
     ordered = sorted(ratios)
@@ -792,6 +897,8 @@ def print_table(results: list[Result], extra: dict[str, object], args: argparse.
         )
         if gate and ngx:
             print(f"sessiongate p99 vs auth_request p99 at c={c}: {gate.p99_ms / ngx.p99_ms:.1f}x")
+    print("\nTargets (per-round ratios; a target is met when the median meets it):\n")
+    print("\n".join(target_rows(results)))
     for key, value in extra.items():
         print(f"{key}: {value}")
 

@@ -151,3 +151,35 @@ async def test_a_busy_event_loop_does_not_make_a_prompt_redis_count_as_slow(
     finally:
         await batcher.aclose()
         await client.aclose()
+
+
+async def test_a_loop_busy_for_several_timeouts_still_gets_a_prompt_redis_reply(
+    redis_servers: RedisServers,  # noqa: F811
+):
+    """A cold start keeps every turn of the loop long (many requests per turn), so a reply that
+    came back at once still takes several turns to reach its caller: each deadline noticed late
+    extends it again (up to BUSY_ROUNDS timeouts), instead of sending every caller to whoami."""
+    server = redis_servers.start()
+    client = connect(Shared(redis_url=server.url, timeout=5), environ={})
+    batcher = Batcher(client, timeout=0.15)
+    try:
+        await client.ping()
+        loop = asyncio.get_running_loop()
+        turns = 12
+
+        def long_turn() -> None:  # every turn of the loop takes 100 ms, for 12 turns
+            nonlocal turns
+            time.sleep(0.1)
+            turns -= 1
+            if turns:
+                loop.call_soon(long_turn)
+
+        loop.call_soon(long_turn)
+        outcomes = await asyncio.gather(
+            *(batcher.run(lambda pipe, n=n: pipe.echo(f"r{n}")) for n in range(20)),
+            return_exceptions=True,
+        )
+        assert outcomes == [[f"r{n}".encode()] for n in range(20)], outcomes
+    finally:
+        await batcher.aclose()
+        await client.aclose()

@@ -89,6 +89,9 @@ class Revocations:
         self.origin = f"{os.getpid()}-{secrets.token_hex(6)}".encode()
         self.append_hooks: list[AppendHook] = []
         self.state = "connecting"
+        #: times this process stopped trusting its follower (Redis silent, unreachable, a
+        #: follower restarted): a degraded spell may last milliseconds, this count stays
+        self.degradations = 0
         self._generation: bytes | None = None  # see trusted_generation()
         self._heard = time.monotonic()  # the follower's last answer from Redis (`_watch`)
         self._environ = environ
@@ -303,8 +306,13 @@ class Revocations:
                 try:
                     if last_id is None:
                         last_id, generation = await self._sync(client)
-                        # a place in the stream: every event after it will be applied
+                        # a place in the stream: every event after it will be applied, so
+                        # entries may live their full cache.ttl from now, not only once the
+                        # first blocking read returns (up to BLOCK_MS later: a start-up's first
+                        # sessions would be validated again within shared.degraded_ttl)
                         self._generation = generation
+                        if self.state != "connected":
+                            self._connected()
                     reads += 1
                     pipe = client.pipeline(transaction=False)
                     pipe.get(self.generation_key)
@@ -398,6 +406,7 @@ class Revocations:
                 self.shared.degraded_ttl,
             )
             self._drop_all()
+            self.degradations += 1
         self.state = "degraded" if exc is not None else "connecting"
         self.cache.ttl = min(self._ttl, self.shared.degraded_ttl)
 

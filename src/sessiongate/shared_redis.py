@@ -108,6 +108,8 @@ _Call = tuple[Commands, Hashable, "asyncio.Future[list[Any]]"]
 BATCH = 256
 #: A deadline noticed this late (s) means a busy event loop, not (only) a slow Redis.
 LATE = 0.02
+#: ... and a call then waits at most this many timeouts in all (a slow Redis and a busy loop).
+BUSY_ROUNDS = 8
 
 
 class Batcher:
@@ -168,26 +170,37 @@ class Batcher:
                 future.set_result(replies[start:end])
 
     async def _execute(self, pipe: Any) -> list[Any]:
-        """`pipe.execute()` within `timeout`. When the deadline is noticed late (the event loop
-        was busy: a burst, a cold start), the reply may already be waiting in the socket, and
-        a Redis that answered in time must not count as slow (each caller would then ask whoami
-        on its own): it gets one more `timeout` from then to be read."""
+        """`pipe.execute()` within `timeout`, where only an idle event loop's time counts.
+
+        A round trip takes a dozen turns of the loop in redis-py. In a burst (a cold start)
+        every turn is long, so a reply that came back at once can still miss the deadline, and
+        a prompt Redis must not count as slow (each caller would then ask whoami on its own).
+        So a deadline first checks whether the loop is busy: noticed late, or the next turn
+        takes longer than LATE. A busy loop gets another `timeout`, up to BUSY_ROUNDS in all;
+        an idle loop that still has no reply means a slow Redis."""
         loop = asyncio.get_running_loop()
         work = asyncio.ensure_future(pipe.execute())
-        deadline = loop.time() + self.timeout
+        due = loop.time() + self.timeout
+        last = due + self.timeout * (BUSY_ROUNDS - 1)
         expired = False
 
-        def expire(again: bool) -> None:
-            nonlocal expired, timer
+        def deadline() -> None:
+            if not work.done():
+                loop.call_soon(decide, loop.time())
+
+        def decide(noticed: float) -> None:
+            nonlocal expired, timer, due
             if work.done():
                 return
-            if again and loop.time() - deadline > LATE:
-                timer = loop.call_later(self.timeout, expire, False)
+            now = loop.time()
+            if (noticed - due > LATE or now - noticed > LATE) and now < last:
+                due = min(now + self.timeout, last)
+                timer = loop.call_at(due, deadline)
                 return
             expired = True
             work.cancel()
 
-        timer = loop.call_at(deadline, expire, True)
+        timer = loop.call_at(due, deadline)
         try:
             return await work
         except asyncio.CancelledError:
