@@ -153,7 +153,11 @@ async def _online_problems(
     ory = settings.ory
     template = tokenize_template(settings)
     kratos = KratosClient(
-        ory.public_url, ory.admin_base, timeout=ory.timeout, api_key=ory_api_key()
+        ory.public_url,
+        ory.admin_base,
+        timeout=ory.timeout,
+        api_key=ory_api_key(),
+        tokenize_as=template,
     )
     problems: list[str] = []
     notes: list[str] = []
