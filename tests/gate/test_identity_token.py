@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
 import shutil
 import subprocess
 import time
@@ -419,3 +421,67 @@ async def test_middleware_mode_gets_the_token_and_serves_the_keys(
         assert verdict["ok"]
     finally:
         server.stop()
+
+
+# -- the README's verification snippets run as written ------------------------------------------
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+
+
+def readme_block(language: str, marker: str) -> str:
+    for block in re.findall(rf"```{language}\n(.*?)```", README, re.S):
+        if marker in block:
+            return block
+    raise AssertionError(f"no {language} block with {marker!r} in the README")
+
+
+def node_eval(code: str) -> str:
+    """Run an ES module snippet with Node in tests/js (where `jose` is installed)."""
+    return subprocess.run(
+        ["node", "--input-type=module", "-e", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        cwd=JS,
+    ).stdout
+
+
+def as_deployed(source: str, gate_url: str, audience: str) -> str:
+    return source.replace("https://gate.example.com/", gate_url + "/").replace(
+        "http://app.internal:8080", audience
+    )
+
+
+async def test_the_readme_snippets_verify_the_gates_token(
+    make_stack: Callable[..., Stack], tmp_path: Path
+) -> None:
+    stack = make_stack(
+        identity_token={"enabled": True, "keys_file": str(keys_file(tmp_path, new_private_jwk()))},
+        public_url="https://gate.example.com",  # the token's issuer
+    )
+    audience = stack.upstream_server.url.rstrip("/")
+    alice = stack.fake.login("alice@example.com")
+    async with stack.client() as c:
+        assert (await c.get("/x", headers={"X-Session-Token": alice.token})).status_code == 200
+    (authorization,) = app_headers(stack.app, "authorization")
+
+    source = as_deployed(readme_block("python", "PyJWKClient"), stack.url, audience)
+    namespace: dict[str, Any] = {}
+    exec(compile(source, "README.md", "exec"), namespace)  # noqa: S102 - our own README
+    claims = namespace["identity_of"](authorization)
+    assert claims["sub"] == alice.identity_id
+    with pytest.raises(jwt.InvalidTokenError):
+        namespace["identity_of"]("Basic eDp5")
+
+    if shutil.which("node") is None:
+        pytest.skip("node is not installed")
+    module = JS / f".readme-example-{os.getpid()}.mjs"  # beside node_modules: `jose` resolves
+    module.write_text(as_deployed(readme_block("js", "createRemoteJWKSet"), stack.url, audience))
+    try:
+        out = node_eval(
+            f"const m = await import({json.dumps(module.as_uri())});"
+            f"console.log(JSON.stringify(await m.identityOf({json.dumps(authorization)})));"
+        )
+    finally:
+        module.unlink()
+    assert json.loads(out) == claims
