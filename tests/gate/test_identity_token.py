@@ -22,7 +22,7 @@ from gate_stack import Stack, settings_for
 
 from apps import EchoApp
 from sessiongate.gate import Gate
-from sessiongate.identity_token import JWKS_MAX_AGE
+from sessiongate.identity_token import JWKS_MAX_AGE, claim_value, without_tokenized
 from sessiongate.middleware import SessionGateMiddleware
 from sessiongate.signing_keys import new_private_jwk, write_keys_file
 from sessiongate.testing import TokenizeTemplate, UvicornThread
@@ -485,3 +485,71 @@ async def test_the_readme_snippets_verify_the_gates_token(
     finally:
         module.unlink()
     assert json.loads(out) == claims
+
+
+# -- forward auth -----------------------------------------------------------------------------
+def forwarded(uri: str) -> list[tuple[str, str]]:
+    return [
+        ("X-Forwarded-Method", "GET"),
+        ("X-Forwarded-Proto", "https"),
+        ("X-Forwarded-Host", "app.example.test"),
+        ("X-Forwarded-Uri", uri),
+    ]
+
+
+async def test_a_decision_answer_carries_the_token_for_the_proxy_to_copy(
+    make_stack: Callable[..., Stack], tmp_path: Path
+) -> None:
+    stack = make_stack(
+        identity_token=token_settings(keys_file(tmp_path, new_private_jwk())),
+        forward_auth={"enabled": True, "source": "forwarded"},
+    )
+    audience = stack.upstream_server.url.rstrip("/")
+    alice = stack.fake.login("alice@example.com")
+    async with stack.client() as c:
+        r = await c.get(
+            "/decisions",
+            headers=[*forwarded("/cart"), ("Authorization", f"Bearer {alice.token}")],
+        )
+        assert r.status_code == 200
+        scheme, token = r.headers["authorization"].split(" ")
+        assert scheme == "Bearer"
+        assert pyjwt_verify(stack.url + JWKS, token, audience)["sid"] == alice.id
+        # the proxy overwrites the client's Authorization with this one: not to be removed
+        assert "authorization" not in r.headers["x-envoy-auth-headers-to-remove"].split(",")
+        # a public path: no token, and every client Authorization is to be removed
+        r = await c.get(
+            "/decisions", headers=[*forwarded("/public/x"), ("Authorization", "Basic eDp5")]
+        )
+        assert r.status_code == 200
+        assert "authorization" not in r.headers
+        assert "authorization" in r.headers["x-envoy-auth-headers-to-remove"].split(",")
+
+
+# -- pieces ---------------------------------------------------------------------------------
+def test_claim_paths_take_every_item_of_a_list() -> None:
+    session = {
+        "authentication_methods": [
+            {"method": "password", "aal": "aal1"},
+            {"method": "totp", "aal": "aal2"},
+            {"method": "password", "aal": "aal1"},
+            {"aal": "aal1"},
+        ],
+        "identity": {"traits": {"groups": [{"name": "a"}, {"name": "b"}]}},
+    }
+    assert claim_value(session, ("authentication_methods", "*", "method")) == [
+        "password",
+        "totp",
+    ]
+    assert claim_value(session, ("identity", "traits", "groups", "*", "name")) == ["a", "b"]
+    assert claim_value(session, ("identity", "*")) is None  # not a list
+    assert claim_value(session, ("identity", "traits", "missing")) is None
+
+
+def test_without_tokenized_keeps_kratos_bytes() -> None:
+    body = b'{"id":"s","active":true,"identity":{"id":"i"},"tokenized":"a.b.c"}'
+    assert without_tokenized(body) == b'{"id":"s","active":true,"identity":{"id":"i"}}'
+    plain = b'{"id":"s"}'
+    assert without_tokenized(plain) is plain
+    spaced = b'{"id": "s", "tokenized": "a.b.c"}'
+    assert json.loads(without_tokenized(spaced)) == {"id": "s"}
