@@ -553,3 +553,19 @@ def test_without_tokenized_keeps_kratos_bytes() -> None:
     assert without_tokenized(plain) is plain
     spaced = b'{"id": "s", "tokenized": "a.b.c"}'
     assert json.loads(without_tokenized(spaced)) == {"id": "s"}
+
+
+async def test_a_websocket_to_the_app_carries_the_token(
+    make_stack: Callable[..., Stack], tmp_path: Path
+) -> None:
+    from websockets.asyncio.client import connect
+
+    stack = make_stack(identity_token=token_settings(keys_file(tmp_path, new_private_jwk())))
+    alice = stack.fake.login("alice@example.com")
+    url = stack.url.replace("http://", "ws://", 1) + "/ws"
+    headers = {"Authorization": f"Bearer {alice.token}"}
+    async with connect(url, additional_headers=headers, open_timeout=5) as ws:
+        await ws.recv()
+    token = bearer_of(stack.app)
+    audience = stack.upstream_server.url.rstrip("/")
+    assert pyjwt_verify(stack.url + JWKS, token, audience)["sid"] == alice.id
