@@ -118,7 +118,7 @@ class Gatekeeper:
                     tokens = self.tokens
                     if tokens is None:
                         return Pass(hit, forwarded)
-                    token = tokens.attach(hit)  # kept on the entry: no signature here
+                    token = tokens.attach(hit)  # kept on the entry: signed again only near its end
                     if token is None:
                         return None  # `judge` answers it
                     forwarded.append(token)
