@@ -21,6 +21,7 @@ import pytest
 from gate_stack import Stack, settings_for
 
 from apps import EchoApp
+from redis_servers import RedisServers, redis_servers  # noqa: F401
 from sessiongate.gate import Gate
 from sessiongate.identity_token import JWKS_MAX_AGE, claim_value, without_tokenized
 from sessiongate.middleware import SessionGateMiddleware
@@ -569,3 +570,40 @@ async def test_a_websocket_to_the_app_carries_the_token(
     token = bearer_of(stack.app)
     audience = stack.upstream_server.url.rstrip("/")
     assert pyjwt_verify(stack.url + JWKS, token, audience)["sid"] == alice.id
+
+
+# -- the shared mode: an entry from Redis gets its token too ------------------------------------
+@pytest.mark.parametrize("source", ["gate", "kratos"])
+async def test_a_session_from_redis_gets_its_token_without_whoami(
+    make_stack: Callable[..., Stack],
+    gate_on: Callable[..., str],
+    redis_servers: RedisServers,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    source: str,
+) -> None:
+    monkeypatch.setenv("SESSIONGATE_SECRET", "identity-token-test-secret-0123456789abcdef")
+    redis = redis_servers.start()
+    if source == "gate":
+        token: dict[str, Any] = token_settings(keys_file(tmp_path, new_private_jwk()))
+        fake_options: dict[str, Any] = {}
+    else:
+        token = {"enabled": True, "source": "kratos", "tokenize_as": "app"}
+        fake_options = {"tokenize_templates": {"app": TokenizeTemplate(ttl=timedelta(seconds=30))}}
+    shared = {"redis_url": redis.url}
+    stack = make_stack(fake_options, identity_token=token, shared=shared)
+    other = gate_on(stack, identity_token=token, shared=shared)
+    alice = stack.fake.login("alice@example.com")
+    auth = {"X-Session-Token": alice.token}
+    async with httpx.AsyncClient(timeout=10) as c:
+        assert (await c.get(stack.url + "/x", headers=auth)).status_code == 200
+        first = bearer_of(stack.app)
+        whoami = stack.fake.count("GET", "/sessions/whoami")
+        assert (await c.get(other + "/x", headers=auth)).status_code == 200
+        assert stack.fake.count("GET", "/sessions/whoami") == whoami  # from Redis
+    second = bearer_of(stack.app)
+    if source == "kratos":
+        assert second == first  # Kratos' own token, carried in the shared entry
+    else:
+        audience = stack.upstream_server.url.rstrip("/")
+        assert pyjwt_verify(other + JWKS, second, audience)["sid"] == alice.id
