@@ -394,10 +394,12 @@ def gate_config(
     shared: str = "",
     metrics: bool = True,
     log: str = "level: warning",
+    identity_token: bool = False,
 ) -> Path:
     """A gate's settings; without `upstream` it is a decision service (forward auth). Metrics
     are on (the default) on a free port, or off; access lines are written whatever
-    `log.level` says (on by default, text)."""
+    `log.level` says (on by default, text). `identity_token`: the app also gets a signed JWT
+    (ES256, a fresh keys file), for the row against the same run without (target >= 0.95x)."""
     path = work / f"gate_{port}.yaml"
     path.write_text(
         textwrap.dedent(f"""
@@ -413,8 +415,21 @@ def gate_config(
         )
         + (f"shared: {{{shared}}}\n" if shared else "")
         + ("metrics: {port: 0}\n" if metrics else "metrics: {enabled: false}\n")
+        + (identity_token_config(work, port) if identity_token else "")
     )
     return path
+
+
+def identity_token_config(work: Path, port: int) -> str:
+    """The `identity_token` settings fragment, with a new ES256 keys file (mode 0600)."""
+    from sessiongate.signing_keys import new_private_jwk, write_keys_file
+
+    keys = work / f"jwks_{port}.json"
+    write_keys_file(keys, {"keys": [new_private_jwk("ES256")]})
+    return (
+        f'identity_token: {{enabled: true, keys_file: "{keys}", '
+        f'issuer: "http://127.0.0.1:{port}"}}\n'
+    )
 
 
 MIDDLEWARE_APP = """

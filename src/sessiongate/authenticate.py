@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from sessiongate.cache import NEGATIVE, CachedSession, SessionCache
 from sessiongate.credentials import Credential
 from sessiongate.identity_headers import IdentityHeaders
+from sessiongate.identity_token import IdentityTokens
 from sessiongate.kratos import KratosAnswer, KratosClient, KratosUnavailable
 from sessiongate.metrics import whoami_outcome
 from sessiongate.shared_sessions import UNAVAILABLE
@@ -48,6 +49,8 @@ class Denial:
 
 
 ANONYMOUS = Denial("anonymous", "No valid session credentials found in the request.")
+# identity_token: no token, no pass (never an unsigned request to the app)
+NO_TOKEN = Denial("unavailable", "The identity token could not be obtained.", retry_after="2")
 # strict mode cannot prove a cached session unrevoked without Redis: fail closed
 SHARED_UNAVAILABLE = Denial("unavailable", "The revocation store is unreachable.", retry_after="2")
 
@@ -75,10 +78,13 @@ class Authenticator:
         identity_headers: IdentityHeaders,
         *,
         max_inflight: int = 64,
+        tokens: IdentityTokens | None = None,
     ) -> None:
         self.kratos = kratos
         self.cache = cache
         self.identity_headers = identity_headers
+        # identity_token.py: a token made with the entry (its session is parsed here anyway)
+        self.tokens = tokens
         self.max_inflight = max_inflight
         # credential digest → (the shared whoami's future, when it was sent)
         self._inflight: dict[bytes, tuple[asyncio.Future[CachedSession | Denial], float]] = {}
@@ -198,7 +204,7 @@ class Authenticator:
                 answer = await self.kratos.whoami(credential)
             except KratosUnavailable as exc:
                 return self._unreachable(exc)
-            return self.classify(key, answer, started)
+            return self._no_token_noted(self.classify(key, answer, started))
         metrics.whoami_started()
         outcome = ""  # none when the call is abandoned (the request's task cancelled)
         try:
@@ -209,7 +215,16 @@ class Authenticator:
             return self._unreachable(exc)
         finally:
             metrics.whoami_done(outcome, time.monotonic() - started)
-        return self.classify(key, answer, started)
+        return self._no_token_noted(self.classify(key, answer, started))
+
+    @staticmethod
+    def _no_token_noted(result: CachedSession | Denial) -> CachedSession | Denial:
+        if result is NO_TOKEN:
+            log.warning(
+                "Kratos whoami answered 200 without a valid `tokenized` JWT for "
+                "identity_token.tokenize_as (a Kratos before v1.1 ignores it); failing closed"
+            )
+        return result
 
     @staticmethod
     def _unreachable(exc: KratosUnavailable) -> Denial:
@@ -230,9 +245,14 @@ class Authenticator:
                 return Denial(
                     "unavailable", "The session service answered nonsense.", retry_after="2"
                 )
-            if entry is ANONYMOUS:
-                return ANONYMOUS
+            if isinstance(entry, Denial):
+                return entry
             entry.cache_for = _cache_for(answer)
+            tokens = self.tokens
+            if entry.token is not None and tokens is not None and tokens.source == "kratos":
+                # Kratos' token is kept until its own exp, never longer: then whoami again
+                left = entry.token_renew - time.monotonic()
+                entry.cache_for = left if entry.cache_for is None else min(entry.cache_for, left)
             self.cache.put(key, entry, started=started, cache_for=entry.cache_for)
             return entry
         if status == 401:
@@ -266,13 +286,18 @@ class Authenticator:
             return None
         if session.get("active") is not True:
             return ANONYMOUS
-        return CachedSession.of(
+        entry = CachedSession.of(
             session_id,
             identity_id,
             expires_at,
             answer.body,
             self.identity_headers.compute(session),
         )
+        # the session is parsed now: its token is made now too, not on the hot path (None:
+        # Kratos sent no token though one was asked for; nothing is cached)
+        if self.tokens is not None and self.tokens.from_session(entry, session) is None:
+            return NO_TOKEN
+        return entry
 
     @staticmethod
     def _aal_redirect(body: bytes) -> str | None:

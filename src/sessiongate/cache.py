@@ -49,6 +49,10 @@ class CachedSession:
     epoch: int = 0  # shared mode: the revocation epoch read before its whoami (strict.py)
     generation: bytes = b""  # shared mode: Redis' data set that epoch was read from (strict.py)
     cache_for: float | None = None  # Kratos' Ory-Session-Cache-For (the shared entry's lifetime)
+    # identity_token.py: the token header kept for this session, and when (monotonic) it is due
+    # to be made again; never a signature per request
+    token: tuple[bytes, bytes] | None = None
+    token_renew: float = 0.0
 
     @classmethod
     def of(

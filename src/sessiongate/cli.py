@@ -8,6 +8,10 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sessiongate.config import Settings
 
 
 def _fake_kratos(args: argparse.Namespace) -> int:
@@ -108,9 +112,138 @@ def _check_config(args: argparse.Namespace) -> int:
     settings = _load(args)
     if settings is None:
         return 2
-    for warning in config_warnings(settings):
+    warnings = config_warnings(settings)
+    if args.online:
+        token = None
+        if args.session_token_env:
+            token = os.environ.get(args.session_token_env) or None
+            if token is None:
+                print(
+                    f"error: environment variable {args.session_token_env} is empty or unset",
+                    file=sys.stderr,
+                )
+                return 2
+        problems, notes = asyncio.run(_online_problems(settings, token))
+        warnings += notes
+        if problems:
+            print(f"sessiongate: {len(problems)} problem(s) online:", file=sys.stderr)
+            for problem in problems:
+                print(f"  {problem}", file=sys.stderr)
+            return 2
+    for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    print("configuration OK")
+    print("configuration OK" + (" (Kratos checked online)" if args.online else ""))
+    return 0
+
+
+async def _online_problems(
+    settings: Settings, session_token: str | None
+) -> tuple[list[str], list[str]]:
+    """Is Kratos there, and (identity_token source kratos) does it know the template?
+
+    whoami finds the session before it looks at `tokenize_as`, so the template is checked only
+    with a session token of a test user (`--session-token-env`)."""
+    import json
+
+    from sessiongate.config import ory_api_key
+    from sessiongate.credentials import Credential
+    from sessiongate.identity_token import kratos_token, tokenize_template
+    from sessiongate.kratos import KratosClient, KratosUnavailable
+
+    ory = settings.ory
+    template = tokenize_template(settings)
+    kratos = KratosClient(
+        ory.public_url,
+        ory.admin_base,
+        timeout=ory.timeout,
+        api_key=ory_api_key(),
+        tokenize_as=template,
+    )
+    problems: list[str] = []
+    notes: list[str] = []
+    try:
+        anonymous = KratosClient(ory.public_url, timeout=ory.timeout)
+        try:
+            answer = await anonymous.whoami(Credential("token", "sessiongate-check-config"))
+        finally:
+            await anonymous.aclose()
+        if answer.status != 401:
+            problems.append(
+                f"ory.public_url: {ory.public_url}/sessions/whoami answered {answer.status} to "
+                f"an unknown session token; Kratos answers 401"
+            )
+            return problems, notes
+        if template is None:
+            return problems, notes
+        if session_token is None:
+            notes.append(
+                f"identity_token.tokenize_as: template {template!r} not checked: Kratos reads "
+                f"it only for a valid session; pass --session-token-env NAME (a test user's "
+                f"session token in that variable)"
+            )
+            return problems, notes
+        answer = await kratos.whoami(Credential("token", session_token))
+        if answer.status == 200:
+            try:
+                found = kratos_token(json.loads(answer.body))
+            except ValueError:
+                found = None
+            if found is None:
+                problems.append(
+                    f"identity_token.tokenize_as: Kratos answered whoami without a token for "
+                    f"template {template!r} (tokenize_as needs Kratos v1.1 or later)"
+                )
+        elif answer.status == 400:
+            try:
+                reason = json.loads(answer.body)["error"]["reason"]
+            except (ValueError, KeyError, TypeError):
+                reason = answer.body[:200].decode("utf-8", "replace")
+            problems.append(
+                f"identity_token.tokenize_as: Kratos refuses template {template!r}: {reason}"
+            )
+        else:
+            problems.append(
+                f"--session-token-env: whoami answered {answer.status} for that session token "
+                f"(it must be a valid session of a test user); the template was not checked"
+            )
+    except KratosUnavailable as exc:
+        problems.append(f"ory.public_url: Kratos at {ory.public_url} is not reachable ({exc})")
+    finally:
+        await kratos.aclose()
+    return problems, notes
+
+
+def _keys_generate(args: argparse.Namespace) -> int:
+    import json
+
+    from sessiongate.signing_keys import KeysFileError, load_keys, new_private_jwk, write_keys_file
+
+    out = Path(args.out)
+    jwks: dict = {"keys": []}
+    if args.add:
+        try:
+            load_keys(out)  # the file must be sound before a key is added to it
+            jwks = json.loads(out.read_text(encoding="utf-8"))
+        except KeysFileError as exc:
+            for problem in exc.problems:
+                print(
+                    f"error: {problem.removeprefix('identity_token.keys_file: ')}", file=sys.stderr
+                )
+            return 2
+    elif out.exists():
+        print(
+            f"error: {out} exists; use --add to add a key to it (rotation), or another name",
+            file=sys.stderr,
+        )
+        return 2
+    key = new_private_jwk(args.alg)
+    jwks["keys"].append(key)
+    try:
+        write_keys_file(out, jwks)
+    except OSError as exc:
+        print(f"error: cannot write {out}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    print(key["kid"])
     return 0
 
 
@@ -176,7 +309,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate a configuration; exit 2 on problems")
     check.add_argument("--config", default="", help="YAML file (default: $SESSIONGATE_CONFIG)")
+    check.add_argument(
+        "--online",
+        action="store_true",
+        help="also ask Kratos: reachable, and the identity_token.tokenize_as template exists",
+    )
+    check.add_argument(
+        "--session-token-env",
+        default="",
+        help="with --online: a variable holding a test user's session token (the template "
+        "check needs a valid session)",
+    )
     check.set_defaults(func=_check_config)
+
+    keys = sub.add_parser("keys", help="signing keys for identity_token (a JWKS file)")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    generate = keys_sub.add_parser(
+        "generate", help="write a new private key to a JWKS file (mode 0600); prints its kid"
+    )
+    generate.add_argument("--out", required=True, help="the JWKS file (identity_token.keys_file)")
+    generate.add_argument("--alg", default="ES256", choices=["ES256", "EdDSA", "RS256"])
+    generate.add_argument(
+        "--add",
+        action="store_true",
+        help="add the key to an existing file (rotation: published, not yet signing)",
+    )
+    generate.set_defaults(func=_keys_generate)
 
     demo = sub.add_parser("demo", help="Kratos fake + sample app + the gate, on 127.0.0.1")
     demo.add_argument("--host", default="127.0.0.1")

@@ -30,6 +30,8 @@ from pydantic import (
     model_validator,
 )
 
+from sessiongate.signing_keys import KeysFileError, load_keys
+
 _log = logging.getLogger("sessiongate.config")
 ENV_PREFIX = "SESSIONGATE_"
 CONFIG_ENV = "SESSIONGATE_CONFIG"
@@ -679,6 +681,120 @@ class Cors(_Section):
         return bool(self.allowed_origin_regex and re.fullmatch(self.allowed_origin_regex, origin))
 
 
+#: The claims the gate sets itself on every token it signs: a claim mapping cannot name them.
+TOKEN_REGISTERED_CLAIMS = frozenset({"iss", "aud", "exp", "iat", "nbf", "jti"})
+_CLAIM_NAME = re.compile(r"^[A-Za-z0-9_.:/-]+$")
+_CLAIM_PATH = re.compile(r"^([A-Za-z0-9_-]+|\*)(\.([A-Za-z0-9_-]+|\*))*$")  # `*`: every item
+DEFAULT_TOKEN_CLAIMS = {
+    "sub": "identity.id",
+    "sid": "id",
+    "email": "identity.traits.email",
+    "aal": "authenticator_assurance_level",
+    "amr": "authentication_methods.*.method",
+}
+# Only as the identity token's header (the token's usual place), never an identity header's
+_TOKEN_HEADER_OK = {"authorization"}
+
+
+class IdentityToken(_Section):
+    """The identity as a signed JWT for the app (README, "Identity token"): signed by the gate
+    (`source: gate`, keys from `keys_file`) or by Kratos' tokenizer (`source: kratos`)."""
+
+    enabled: bool = False
+    header: str = "Authorization"  # `Bearer <jwt>`; any other header carries the bare JWT
+    source: Literal["gate", "kratos"] = "gate"
+    tokenize_as: str | None = None  # source kratos: the whoami tokenizer template
+    issuer: str | None = None  # default public_url (never a request's Host)
+    audience: str | None = None  # default the upstream's origin
+    ttl: Duration | None = None  # default cache.ttl; never past the session's expires_at
+    claims: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_TOKEN_CLAIMS))
+    keys_file: str | None = None  # a JWKS with private keys, 0600 (signing_keys.py)
+    signing_kid: str | None = None  # default the first private key in keys_file
+    jwks_path: str = "/.well-known/jwks.json"  # served without a session
+
+    @field_validator("header")
+    @classmethod
+    def _header(cls, v: str) -> str:
+        if not _HEADER_NAME.match(v):
+            raise ValueError(f"invalid header name {v!r}")
+        if v.lower() in _RESERVED_HEADERS - _TOKEN_HEADER_OK:
+            raise ValueError(f"{v!r} cannot carry the identity token")
+        return v
+
+    @field_validator("issuer", "audience", "tokenize_as", "keys_file", "signing_kid")
+    @classmethod
+    def _text(cls, v: str | None) -> str | None:
+        if v in (None, ""):
+            return None
+        assert v is not None
+        if v != v.strip() or any(ord(c) < 0x20 for c in v):
+            raise ValueError(f"no surrounding spaces or control characters, got {v!r}")
+        return v
+
+    @field_validator("ttl")
+    @classmethod
+    def _ttl(cls, v: float | None) -> float | None:
+        if v is not None and v < 1:
+            raise ValueError("at least 1s (a token's times are whole seconds)")
+        return v
+
+    @field_validator("claims")
+    @classmethod
+    def _claims(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, path in v.items():
+            if not _CLAIM_NAME.match(name):
+                raise ValueError(f"invalid claim name {name!r}")
+            if name in TOKEN_REGISTERED_CLAIMS:
+                raise ValueError(
+                    f"{name!r} is set by the gate itself ("
+                    + ", ".join(sorted(TOKEN_REGISTERED_CLAIMS))
+                    + ")"
+                )
+            if not _CLAIM_PATH.match(path):
+                raise ValueError(
+                    f"invalid session path {path!r} for claim {name} (dot-separated keys, `*` "
+                    f"for every item of a list, e.g. authentication_methods.*.method)"
+                )
+        return v
+
+    @field_validator("jwks_path")
+    @classmethod
+    def _jwks_path(cls, v: str) -> str:
+        if not _DECISION_PATH.fullmatch(v) or any(seg in (".", "..") for seg in v.split("/")):
+            raise ValueError(
+                f"a path such as /.well-known/jwks.json: starts with '/', segments of "
+                f"A-Z a-z 0-9 . _ ~ -, no dot segments, got {v!r}"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _source_fits(self) -> IdentityToken:
+        if not self.enabled:
+            return self
+        if self.source == "kratos":
+            if self.tokenize_as is None:
+                raise ValueError(
+                    "identity_token.tokenize_as: required with source: kratos (the name of a "
+                    "template in Kratos' session.whoami.tokenizer.templates)"
+                )
+            # Kratos' template decides these; a setting here would silently do nothing
+            for key in ("issuer", "audience", "ttl", "claims", "keys_file", "signing_kid"):
+                if key in self.model_fields_set:
+                    raise ValueError(
+                        f"identity_token.{key}: only with source: gate (with source: kratos "
+                        f"Kratos' tokenizer template decides it)"
+                    )
+            return self
+        if self.tokenize_as is not None:
+            raise ValueError("identity_token.tokenize_as: only with source: kratos")
+        if self.keys_file is None:
+            raise ValueError(
+                "identity_token.keys_file: required with source: gate (a JWKS file with "
+                "private keys; `sessiongate keys generate --out FILE` writes one)"
+            )
+        return self
+
+
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
@@ -724,6 +840,7 @@ class Settings(_Section):
     forward_auth: ForwardAuth = Field(default_factory=ForwardAuth)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     log: Log = Field(default_factory=Log)
+    identity_token: IdentityToken = Field(default_factory=IdentityToken)
 
     @property
     def log_level(self) -> str:
@@ -847,6 +964,7 @@ class Settings(_Section):
         self._login_url_is_not_protected()
         self._forward_auth_fits()
         self._metrics_port_is_its_own()
+        self._identity_token_fits()
         if self.session_header and self.session_header.lower().replace("_", "-") in {
             n.lower().replace("_", "-") for n in self.identity_headers
         }:
@@ -891,6 +1009,65 @@ class Settings(_Section):
                     f"e.g. /decisions"
                 )
 
+    def _identity_token_fits(self) -> None:
+        """An issuer and an audience the gate can stand behind; a header and a JWKS path of
+        the token's own."""
+        token = self.identity_token
+        if not token.enabled:
+            return
+        header = token.header.lower().replace("_", "-")
+        owned = {n.lower().replace("_", "-") for n in self.identity_headers}
+        if self.session_header:
+            owned.add(self.session_header.lower().replace("_", "-"))
+        if header in owned:
+            raise ValueError(
+                f"identity_token.header: {token.header!r} is already an identity header "
+                f"(identity_headers or session_header)"
+            )
+        if token.source != "gate":
+            return
+        if token.issuer is None and self.public_url is None:
+            raise ValueError(
+                "identity_token.issuer: required unless public_url is set (then it defaults to "
+                "it); never taken from a request's Host"
+            )
+        if token.audience is None and self.upstream.url is None:
+            raise ValueError(
+                "identity_token.audience: required when there is no upstream.url (it defaults "
+                "to the upstream's origin)"
+            )
+        if self.forward_auth.enabled and self.forward_auth.collides_with(token.jwks_path):
+            raise ValueError(
+                f"identity_token.jwks_path: {token.jwks_path!r} overlaps forward_auth.path"
+            )
+        prefix = self.sessions_api.prefix
+        for path in (f"{prefix}/sessions", f"{prefix}/self-service", f"{prefix}/admin", "/health"):
+            if (token.jwks_path + "/").startswith(path + "/"):
+                raise ValueError(
+                    f"identity_token.jwks_path: {token.jwks_path!r} is under {path!r}, which "
+                    f"the gate answers itself"
+                )
+
+    @property
+    def token_issuer(self) -> str:
+        """The identity token's `iss`: identity_token.issuer, else public_url."""
+        token = self.identity_token
+        return token.issuer or self.public_url or ""
+
+    @property
+    def token_audience(self) -> str:
+        """The identity token's `aud`: identity_token.audience, else the upstream's origin."""
+        token = self.identity_token
+        if token.audience is not None:
+            return token.audience
+        return origin_of(self.upstream.url) if self.upstream.url else ""
+
+    @property
+    def token_ttl(self) -> float:
+        """The identity token's lifetime (before the session's own expiry caps it)."""
+        ttl = self.identity_token.ttl
+        return self.cache.ttl if ttl is None else ttl
+
     def _metrics_port_is_its_own(self) -> None:
         """The metrics listener cannot share the gate's own address and port."""
         metrics, listen = self.metrics, self.listen
@@ -928,6 +1105,8 @@ class Settings(_Section):
         if self.session_header:
             names.add(self.session_header.lower().replace("_", "-"))
         names.add("x-kratos-authenticated-identity-id")
+        if self.identity_token.enabled:  # the client's copy never reaches the app, any path
+            names.add(self.identity_token.header.lower().replace("_", "-"))
         return frozenset(names)
 
 
@@ -995,7 +1174,8 @@ def _format_errors(err: ValidationError) -> list[str]:
     for item in err.errors():
         loc = ".".join(str(p) for p in item["loc"]) or "(top level)"
         msg = item["msg"].removeprefix("Value error, ")
-        if not item["loc"] and (keyed := _KEYED_MESSAGE.match(msg)):
+        keyed = _KEYED_MESSAGE.match(msg)
+        if keyed and (not item["loc"] or keyed.group(1).startswith(loc + ".")):
             loc, msg = keyed.group(1), keyed.group(2)  # a cross-section check names its key
         if item["type"] == "extra_forbidden":
             msg = "unknown key"
@@ -1053,26 +1233,34 @@ def shared_secret(environ: Mapping[str, str] | None = None) -> bytes | None:
 
 
 def runtime_problems(settings: Settings, environ: Mapping[str, str] | None = None) -> list[str]:
-    """Problems that depend on the environment as well as the file (checked at start-up)."""
+    """Problems that depend on the environment or other files as well as the settings
+    (checked by check-config and at start-up)."""
+    problems: list[str] = []
     if settings.shared.enabled:
         secret = shared_secret(environ)
         if secret is None or len(secret) < SECRET_MIN_BYTES:
-            return [
+            problems.append(
                 f"shared: the shared mode needs {SECRET_ENV} in the environment, at least "
                 f"{SECRET_MIN_BYTES} bytes and the same on every process"
                 + ("" if secret is None else f" (it has {len(secret)})")
-            ]
+            )
     admin = settings.sessions_api.admin
     if (
         settings.sessions_api.enabled
         and admin.enabled
         and not (admin.keys(environ) or admin.allow_identities)
     ):
-        return [
+        problems.append(
             f"sessions_api.admin.enabled: admin routes are on but there are neither keys "
             f"(environment variable {admin.keys_env}) nor allow_identities rules"
-        ]
-    return []
+        )
+    token = settings.identity_token
+    if token.enabled and token.source == "gate" and token.keys_file is not None:
+        try:
+            load_keys(token.keys_file, token.signing_kid)
+        except KeysFileError as exc:
+            problems.extend(exc.problems)
+    return problems
 
 
 def config_warnings(settings: Settings) -> list[str]:

@@ -137,6 +137,12 @@ class ForwardAuth:
         self._identity_names = [name for name, _ in identity.fields]
         if identity.session_header is not None:
             self._identity_names.append(identity.session_header)
+        tokens = gatekeeper.tokens
+        # the identity token: set on a pass, else named for removal (a client's copy never
+        # reaches the app); in Authorization, every client Authorization goes, any path
+        self._token_name = tokens.name if tokens is not None else None
+        if self._token_name is not None:
+            self._identity_names.append(self._token_name)
 
     def matches(self, path: str) -> bool:
         return path == self.path or path.startswith(self._below)
@@ -192,7 +198,7 @@ class ForwardAuth:
                 session = result.session
                 record.decide("public" if session is None else "allowed")
                 record.identity_id = "" if session is None else session.identity_id
-            await self._allow(send, scope["headers"], result.session)
+            await self._allow(send, scope["headers"], result.session, result.token)
             return
         if self.header_mode and await self._login_header(original, send, result, head):
             return
@@ -306,13 +312,20 @@ class ForwardAuth:
 
     # -- answers ------------------------------------------------------------------------------
     async def _allow(
-        self, send: Send, call_headers: RawHeaders, session: CachedSession | None
+        self,
+        send: Send,
+        call_headers: RawHeaders,
+        session: CachedSession | None,
+        token: tuple[bytes, bytes] | None = None,
     ) -> None:
         headers: RawHeaders = [(b"content-length", b"0"), (b"cache-control", b"no-store")]
         set_names: set[bytes] = set()
         if session is not None:
             headers.extend(session.identity_headers)
             set_names.update(name for name, _ in session.identity_headers)
+        if token is not None:
+            headers.append(token)
+            set_names.add(token[0])
         remove = [name for name in self._identity_names if name not in set_names]
         cookies: list[str] = []
         bearer = not_bearer = False
@@ -330,7 +343,7 @@ class ForwardAuth:
                 rest for value in cookies if (rest := without_session_cookies(value, matcher))
             )
             remove.append(b"x-session-token")
-            if bearer or not not_bearer:
+            if (bearer or not not_bearer) and self._token_name != b"authorization":
                 remove.append(b"authorization")
         else:
             kept = "; ".join(value for value in cookies if value)

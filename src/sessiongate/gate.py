@@ -34,6 +34,7 @@ from sessiongate.config import (
 from sessiongate.decide import Decider
 from sessiongate.forward_auth import ForwardAuth
 from sessiongate.gatekeeper import Gatekeeper
+from sessiongate.identity_token import tokenize_template
 from sessiongate.kratos import KratosClient
 from sessiongate.logs import current_writer, flush_logs
 from sessiongate.metrics import Metrics
@@ -91,9 +92,14 @@ class Gate:
             api_key=ory_api_key(),
             max_connections=settings.ory.max_inflight,
             transport=kratos_transport,
+            tokenize_as=tokenize_template(settings),
         )
         self.kratos.tracing = self.tracing
         self.gatekeeper = Gatekeeper(settings, self.kratos)
+        # the identity token's public keys, served without a session (identity_token.py)
+        tokens = self.gatekeeper.tokens
+        self.jwks = tokens if tokens is not None and tokens.serves_jwks else None
+        self.jwks_path = settings.identity_token.jwks_path
         self.proxy = (
             None  # a decision service (forward_auth) with no app of its own
             if settings.upstream.url is None
@@ -201,6 +207,8 @@ class Gate:
             max_long_responses=settings.upstream.max_long_responses,
             body_timeout=settings.upstream.body_timeout,
             buffer_request_body=settings.upstream.buffer_request_body,
+            # the identity token in Authorization: the gate's own, every client's was stripped
+            own_authorization=self.gatekeeper.tokens is not None and self.gatekeeper.tokens.bearer,
         )
 
     @property
@@ -312,6 +320,11 @@ class Gate:
                 record.decide("gate", "health")
             await self._health(path, send)
             return
+        if self.jwks is not None and path == self.jwks_path:
+            if record is not None:
+                record.decide("gate", "jwks")
+            await self.jwks.send_jwks(scope, send)
+            return
         if self.relay is not None and self.relay.matches(path):
             if record is not None:
                 record.decide("relay")
@@ -347,6 +360,7 @@ class Gate:
         return (
             Decider.is_preflight(scope["method"], scope["headers"])
             and path not in (HEALTH_ALIVE, HEALTH_READY)
+            and not (self.jwks is not None and path == self.jwks_path)
             and not (self.relay is not None and self.relay.matches(path))
         )
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from starlette.types import Scope, Send
 
-from sessiongate.authenticate import Authenticator, Denial
+from sessiongate.authenticate import NO_TOKEN, Authenticator, Denial
 from sessiongate.cache import CachedSession, SessionCache
 from sessiongate.config import Settings
 from sessiongate.credentials import (
@@ -29,6 +29,7 @@ from sessiongate.credentials import (
 )
 from sessiongate.decide import Decider
 from sessiongate.identity_headers import IdentityHeaders
+from sessiongate.identity_token import IdentityTokens
 from sessiongate.kratos import KratosClient
 from sessiongate.observe import record_of
 from sessiongate.redirects import safe_return_to, with_query
@@ -54,6 +55,7 @@ NO_CREDENTIAL = Denial("anonymous", "No valid session credentials found in the r
 class Pass:
     session: CachedSession | None
     headers: RawHeaders
+    token: tuple[bytes, bytes] | None = None  # the identity token header, also in `headers`
 
 
 class Gatekeeper:
@@ -69,8 +71,14 @@ class Gatekeeper:
             max_entries=settings.cache.max_entries,
             negative_ttl=settings.cache.negative_ttl,
         )
+        # the identity as a signed JWT (identity_token.py), kept on each cache entry
+        self.tokens = IdentityTokens.from_settings(settings)
         self.authenticator = Authenticator(
-            kratos, self.cache, self.identity, max_inflight=settings.ory.max_inflight
+            kratos,
+            self.cache,
+            self.identity,
+            max_inflight=settings.ory.max_inflight,
+            tokens=self.tokens,
         )
         # shared mode (shared_sessions.py, strict.py): Redis behind the local cache
         self.shared_clients = attach(self.authenticator, settings)
@@ -107,7 +115,14 @@ class Gatekeeper:
                     note_cache(True)
                     forwarded = self.identity.strip(headers)
                     forwarded.extend(hit.identity_headers)
-                    return Pass(hit, forwarded)
+                    tokens = self.tokens
+                    if tokens is None:
+                        return Pass(hit, forwarded)
+                    token = tokens.attach(hit)  # kept on the entry: signed again only near its end
+                    if token is None:
+                        return None  # `judge` answers it
+                    forwarded.append(token)
+                    return Pass(hit, forwarded, token)
         return None
 
     async def check(self, scope: Scope, send: Send) -> Pass | None:
@@ -140,7 +155,13 @@ class Gatekeeper:
         if isinstance(result, CachedSession):
             forwarded = self.identity.strip(headers)
             forwarded.extend(result.identity_headers)
-            return Pass(result, forwarded)
+            if self.tokens is None:
+                return Pass(result, forwarded)
+            token = self.tokens.attach(result)
+            if token is None:
+                return NO_TOKEN  # never an unsigned request to the app
+            forwarded.append(token)
+            return Pass(result, forwarded, token)
         return result
 
     async def aclose(self) -> None:

@@ -16,7 +16,7 @@ import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 import httpx
@@ -60,6 +60,7 @@ class KratosClient:
         max_connections: int = 64,
         transport: httpx.AsyncBaseTransport | None = None,
         admin_transport: httpx.AsyncBaseTransport | None = None,
+        tokenize_as: str | None = None,
     ) -> None:
         self.public_url = public_url.rstrip("/")
         self.admin_url = (admin_url or public_url).rstrip("/")
@@ -77,7 +78,11 @@ class KratosClient:
         )
         self.max_connections = max_connections
         self._in_process = transport is not None
-        self._whoami_url = self.public_url + "/sessions/whoami"
+        # identity_token.source kratos: every whoami asks Kratos' tokenizer for the app's JWT
+        self._whoami_path = "/sessions/whoami" + (
+            "?tokenize_as=" + quote(tokenize_as, safe="") if tokenize_as else ""
+        )
+        self._whoami_url = self.public_url + self._whoami_path
         self._fast: aiohttp.ClientSession | None = None
         self.tracing: Tracing | None = None  # OpenTelemetry spans (set by the gate)
         parts = urlsplit(self.public_url)
@@ -119,7 +124,7 @@ class KratosClient:
             # one deadline for the whole exchange: a Kratos trickling bytes must not outlast it
             async with asyncio.timeout(self.timeout):
                 if self._in_process:
-                    return await self._send(self.public, "GET", "/sessions/whoami", headers)
+                    return await self._send(self.public, "GET", self._whoami_path, headers)
                 return await self._whoami_fast(headers)
         except TimeoutError as exc:
             raise KratosUnavailable("whoami took longer than ory.timeout", kind="timeout") from exc

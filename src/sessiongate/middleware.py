@@ -33,6 +33,7 @@ from sessiongate.cache import CachedSession
 from sessiongate.config import Settings, config_warnings, load_settings, ory_api_key
 from sessiongate.decide import Decider
 from sessiongate.gatekeeper import Gatekeeper, Pass
+from sessiongate.identity_token import tokenize_template
 from sessiongate.kratos import KratosClient
 from sessiongate.metrics import Metrics
 from sessiongate.observe import Observers, record_of
@@ -103,8 +104,14 @@ class SessionGateMiddleware:
             api_key=ory_api_key(),
             max_connections=ory.max_inflight,
             transport=kratos_transport,
+            tokenize_as=tokenize_template(self.settings),
         )
         self.gatekeeper = Gatekeeper(self.settings, self.kratos)
+        # identity_token: the token rides in the app's headers like the identity headers; the
+        # public keys are served here without a session, as in proxy mode
+        tokens = self.gatekeeper.tokens
+        self.jwks = tokens if tokens is not None and tokens.serves_jwks else None
+        self.jwks_path = self.settings.identity_token.jwks_path
         # as in proxy mode: preflights pass without a session only under `cors.apply_to:
         # sessions`; with CORS off an OPTIONS needs a session like any other request
         cors = self.settings.cors
@@ -181,6 +188,11 @@ class SessionGateMiddleware:
                 )
             else:  # before accept, a close makes the server refuse the handshake
                 await send({"type": "websocket.close", "code": 1008})
+            return
+        if self.jwks is not None and scope["type"] == "http" and scope["path"] == self.jwks_path:
+            if record is not None:
+                record.decide("gate", "jwks")
+            await self.jwks.send_jwks(scope, send)
             return
         gatekeeper = self.gatekeeper
         if (

@@ -43,6 +43,7 @@ REASONS = frozenset(
         "bad_forwarded",  # forward auth without a well-formed original request
         "preflight",  # a CORS preflight, passed without a session
         "health",
+        "jwks",  # the identity token's public keys (identity_token.jwks_path)
         "no_app",  # a decision service's other paths: 404
     }
 )

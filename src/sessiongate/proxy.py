@@ -269,6 +269,7 @@ class UpstreamProxy:
         max_long_responses: int = 1024,
         body_timeout: float = 300.0,
         buffer_request_body: int = 64 * 1024,
+        own_authorization: bool = False,
     ) -> None:
         self.base = url.rstrip("/")
         self.trusted = TrustedProxies(trusted_proxies)
@@ -287,6 +288,10 @@ class UpstreamProxy:
         # X-Session-Token and `Authorization: Bearer`: the Ory credential's other forms
         self.strip_tokens = strip_tokens
         self.special = _SPECIAL | _CREDENTIALS if strip_tokens else _SPECIAL
+        if own_authorization:
+            # the identity token rides in Authorization: the gatekeeper removed every client
+            # Authorization (any path) and added the gate's own, which goes on as it is
+            self.special = self.special - {b"authorization"}
         # with OpenTelemetry the app gets the gate's span as its parent, not the client's
         self.special |= trace_headers
         # the configured external URL is what the app is told, not the client's Host

@@ -22,6 +22,7 @@ from sessiongate.authenticate import Authenticator
 from sessiongate.cache import NEGATIVE, CachedSession, SessionCache
 from sessiongate.credentials import CookieMatcher, Credential, MalformedCredential, find_credential
 from sessiongate.herodot import error_bytes
+from sessiongate.identity_token import without_tokenized
 from sessiongate.kratos import KratosAnswer
 from sessiongate.relay_rewrite import UrlRewriter
 from sessiongate.relay_upstream import Answer, Call, KratosRelay
@@ -217,7 +218,9 @@ def _from_cache(entry: CachedSession) -> Answer:
         ("cache-control", _NO_STORE),
         ("vary", "Cookie"),
     ]
-    return Answer(200, headers, entry.body)
+    # source kratos keeps Kratos' `tokenized` in the cached body (the shared mode carries it);
+    # a client that did not ask tokenize_as never gets it (Kratos would not send it)
+    return Answer(200, headers, without_tokenized(entry.body))
 
 
 def _unavailable() -> Answer:

@@ -1,0 +1,252 @@
+"""Stage 4b: the identity as a signed JWT for the app (README, "Identity token").
+
+`IdentityTokens.attach(entry)` gives the token header for an admitted session. It is kept on the
+`CachedSession`, so a cache hit costs one comparison, never a signature:
+
+* `source: gate`: the gate signs the token with `identity_token.keys_file`'s signing key
+  (signing_keys.py) when the session is first validated, and signs a new one only once the
+  request comes in the last tenth of the token's lifetime (as Oathkeeper's id_token mutator).
+  `exp` is now + `ttl`, never past the session's `expires_at`; the claims are `iss`, `aud`,
+  `iat`, `nbf`, `exp`, `jti` and the `claims` mapping's dot paths into the session (`*` takes
+  every item of a list: `authentication_methods.*.method` gives `amr`).
+* `source: kratos`: whoami is asked with `tokenize_as`, and the JWT Kratos puts in `tokenized`
+  is forwarded as it is; the cache entry lives no longer than that token's own `exp`
+  (authenticate.py), and the relay never hands the field to a client that did not ask for it
+  (`without_tokenized`).
+
+No token, no pass: `attach` returns None and the gate answers 503; the app never gets a request
+without its token. The header's name is one of the gate's own: every client-sent spelling is
+stripped (config.py `spoofable_headers`), and when it is `Authorization` that is every client
+`Authorization`, on every path.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import jwt
+from starlette.types import Scope, Send
+
+from sessiongate.cache import CachedSession
+from sessiongate.config import Settings
+from sessiongate.identity_headers import lookup
+from sessiongate.responses import send_error
+from sessiongate.signing_keys import KeySet, load_keys
+
+log = logging.getLogger("sessiongate.identity_token")
+
+#: A JWKS answer's `Cache-Control: max-age` (seconds): how long a rotation waits between
+#: publishing a new key and signing with it (README, "Rotating the keys").
+JWKS_MAX_AGE = 300
+#: A token is signed again once this fraction of its lifetime has passed (Oathkeeper's rule).
+RENEW_AFTER = 0.9
+Header = tuple[bytes, bytes]
+
+
+def claim_value(session: Any, path: tuple[str, ...]) -> Any:
+    """The value at a dot path; `*` maps the rest of the path over a list (None-free, deduped
+    when the values are strings or numbers)."""
+    if "*" not in path:
+        return lookup(session, path)
+    star = path.index("*")
+    items = lookup(session, path[:star]) if star else session
+    if not isinstance(items, list):
+        return None
+    rest = path[star + 1 :]
+    values = [v for item in items if (v := claim_value(item, rest)) is not None]
+    if all(isinstance(v, str | int | float) for v in values):
+        values = list(dict.fromkeys(values))
+    return values
+
+
+def kratos_token(session: Any) -> tuple[str, float] | None:
+    """The JWT Kratos put in whoami's `tokenized`, with its `exp`; None if there is none.
+
+    Its signature is Kratos' business and the app's (whoami's answer is trusted as a whole):
+    the gate only reads `exp`, to keep the token no longer than it is valid."""
+    token = session.get("tokenized") if isinstance(session, dict) else None
+    if not isinstance(token, str) or not token:
+        return None
+    try:
+        exp = jwt.decode(token, options={"verify_signature": False}).get("exp")
+    except jwt.PyJWTError:
+        return None
+    if not isinstance(exp, int | float) or isinstance(exp, bool):
+        return None
+    return token, float(exp)
+
+
+def without_tokenized(body: bytes) -> bytes:
+    """whoami's body minus `tokenized` (a cached answer relayed to a client that did not ask)."""
+    if b'"tokenized"' not in body:
+        return body
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body
+    if not isinstance(data, dict) or "tokenized" not in data:
+        return body
+    token = data.pop("tokenized")
+    if isinstance(token, str):
+        # Kratos writes it last and compact: cut it out, so the rest stays Kratos' own bytes
+        exact = b',"tokenized":"' + token.encode() + b'"'
+        if exact in body:
+            return body.replace(exact, b"", 1)
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def tokenize_template(settings: Settings) -> str | None:
+    """The tokenizer template every whoami asks Kratos for (source kratos), else None."""
+    token = settings.identity_token
+    return token.tokenize_as if token.enabled and token.source == "kratos" else None
+
+
+class IdentityTokens:
+    """Compiled once from settings; `attach` runs per admitted request (a comparison)."""
+
+    def __init__(
+        self,
+        *,
+        header: str,
+        source: str,
+        issuer: str = "",
+        audience: str = "",
+        ttl: float = 60.0,
+        claims: dict[str, str] | None = None,
+        keys: KeySet | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.name = header.lower().encode("ascii")
+        self.bearer = self.name == b"authorization"
+        self.source = source
+        self.issuer = issuer
+        self.audience = audience
+        self.ttl = ttl
+        self.claims = [(name, tuple(path.split("."))) for name, path in (claims or {}).items()]
+        self.keys = keys
+        self._monotonic = monotonic
+        self._wall = wall
+        if source == "gate":
+            assert keys is not None, "source gate signs with keys"
+            self._headers = {"kid": keys.signing.kid, "typ": "JWT"}
+        # the JWKS answer, built once: the public keys never change while the gate runs
+        self.jwks_body = (
+            json.dumps(keys.public_jwks(), separators=(",", ":")).encode() if keys else b""
+        )
+        self.minted = 0  # tokens signed by this process (tests assert: none per request)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> IdentityTokens | None:
+        token = settings.identity_token
+        if not token.enabled:
+            return None
+        keys = None
+        if token.source == "gate":
+            assert token.keys_file is not None, "validated with the settings"
+            keys = load_keys(token.keys_file, token.signing_kid)  # KeysFileError: config
+        return cls(
+            header=token.header,
+            source=token.source,
+            issuer=settings.token_issuer,
+            audience=settings.token_audience,
+            ttl=settings.token_ttl,
+            claims=token.claims,
+            keys=keys,
+        )
+
+    @property
+    def serves_jwks(self) -> bool:
+        """The gate publishes the public keys (source gate; Kratos publishes its own)."""
+        return bool(self.jwks_body)
+
+    async def send_jwks(self, scope: Scope, send: Send) -> None:
+        """The JWKS answer: public keys only, cacheable for JWKS_MAX_AGE, no session needed."""
+        method = scope.get("method", "GET")
+        if method not in ("GET", "HEAD"):
+            await send_error(
+                send,
+                405,
+                reason="The key set is read with GET.",
+                headers=[(b"allow", b"GET, HEAD")],
+                head=False,
+            )
+            return
+        body = self.jwks_body
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"cache-control", b"public, max-age=%d" % JWKS_MAX_AGE),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
+
+    # -- per request ------------------------------------------------------------------------
+    def attach(self, entry: CachedSession) -> Header | None:
+        """The token header for this session: the one kept on the entry while it is fresh,
+        else a new one (signed, or read from Kratos' answer); None: no token (answer 503)."""
+        token = entry.token
+        if token is not None and self._monotonic() < entry.token_renew:
+            return token
+        try:
+            session = entry.parsed if entry.parsed is not None else json.loads(entry.body)
+        except ValueError:
+            return None
+        return self.from_session(entry, session)
+
+    # -- per session ------------------------------------------------------------------------
+    def from_session(self, entry: CachedSession, session: dict[str, Any]) -> Header | None:
+        """Give `entry` its token from its session JSON (at whoami time, or when it is due).
+        For `source: kratos`, None when Kratos' answer carries no token, or an expired one."""
+        if self.source == "kratos":
+            found = kratos_token(session)
+            left = found[1] - self._wall() if found is not None else 0.0
+            if found is None or left <= 0:
+                entry.token = None
+                return None
+            value = found[0].encode("ascii", "replace")
+            renew = self._monotonic() + left  # never: the entry dies at exp (authenticate.py)
+        else:
+            value, renew = self._sign(entry, session)
+        header = (self.name, b"Bearer " + value if self.bearer else value)
+        entry.token, entry.token_renew = header, renew
+        return header
+
+    def _sign(self, entry: CachedSession, session: dict[str, Any]) -> tuple[bytes, float]:
+        now = self._wall()
+        mono = self._monotonic()
+        iat = math.floor(now)
+        exp = math.floor(min(now + self.ttl, entry.expires_at))
+        claims: dict[str, Any] = {}
+        for name, path in self.claims:
+            value = claim_value(session, path)
+            if value is not None:
+                claims[name] = value
+        claims.update(
+            {
+                "iss": self.issuer,
+                "aud": self.audience,
+                "iat": iat,
+                "nbf": iat,
+                "exp": exp,
+                "jti": str(uuid.uuid4()),
+            }
+        )
+        assert self.keys is not None
+        signing = self.keys.signing
+        token = jwt.encode(claims, signing.private, algorithm=signing.alg, headers=self._headers)
+        self.minted += 1
+        # signed again by the first request in the last tenth of its lifetime
+        renew = mono + max(0.0, (exp - now) * RENEW_AFTER)
+        return token.encode("ascii"), renew
