@@ -65,6 +65,9 @@ METRICS_OFF = "sessiongate proxy (granian), metrics off"
 ACCESS_JSON = "sessiongate proxy, JSON access log"
 ACCESS_OFF = "sessiongate proxy, no access log"
 BENCH_SECRET = "bench-secret-bench-secret-0123456789abcdef"  # noqa: S105 (loopback bench)
+# identity tokens (issue 16): the granian row with a signed JWT for the app (cache warm: no
+# signature per request), against the same row without
+SIGNED_JWT = "sessiongate proxy (granian), identity token"
 AUTH_REQUEST = "nginx auth_request+cache"
 BARE = "bare ASGI app"
 MIDDLEWARE = "middleware mode"
@@ -74,7 +77,7 @@ UVICORN = "sessiongate proxy (uvicorn)"
 #: `--rows`: row groups; the nginx anchors always run (every ratio needs them)
 ANCHORS = ("direct (nginx static)", "nginx proxy, no auth", AUTH_REQUEST)
 GROUPS = {
-    "proxy": (GRANIAN, METRICS_OFF, UVICORN, REFERENCE, ACCESS_JSON, ACCESS_OFF),
+    "proxy": (GRANIAN, METRICS_OFF, SIGNED_JWT, UVICORN, REFERENCE, ACCESS_JSON, ACCESS_OFF),
     "middleware": (BARE, MIDDLEWARE),
     "workers": (TWO_WORKERS, SHARED, STRICT),
     "forward-auth": (NO_CACHE, DECISIONS),
@@ -102,6 +105,7 @@ TARGETS = (
     Target(SHARED, TWO_WORKERS, at_least=0.95),  # issue 12
     Target(STRICT, TWO_WORKERS, at_least=0.7),
     Target(DECISIONS, NO_CACHE, at_least=0.6),  # issue 13
+    Target(SIGNED_JWT, GRANIAN, at_least=0.95),  # issue 16
 )
 
 
@@ -613,6 +617,12 @@ def main() -> int:
                 *(PYTHON, "-m", "sessiongate.cli", "serve", "--config"),
                 str(gate_config(work, ports, off_port, backend, "granian", metrics=False)),
             ]
+            token_port = free_port()
+            servers[SIGNED_JWT] = [
+                *(PYTHON, "-m", "sessiongate.cli", "serve", "--config"),
+                str(gate_config(work, ports, token_port, backend, identity_token=True)),
+            ]
+            add(SIGNED_JWT, token_port)
             for name, log in (
                 (ACCESS_JSON, "level: warning, format: json, access: true"),
                 (ACCESS_OFF, "level: warning, access: false"),
@@ -899,6 +909,7 @@ def print_table(results: list[Result], extra: dict[str, object], args: argparse.
         (SHARED, TWO_WORKERS),
         (STRICT, TWO_WORKERS),
         (ACCESS_JSON, ACCESS_OFF),  # target >= 0.9
+        (SIGNED_JWT, GRANIAN),  # target >= 0.95
     ]
     for c in sorted({r.connections for r in results}):
         print()
