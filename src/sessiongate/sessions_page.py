@@ -30,6 +30,7 @@ import html
 import json
 import logging
 import math
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -573,8 +574,14 @@ def _total_count(answer: Answer) -> int | None:
 
 
 # -- HTML -----------------------------------------------------------------------------------
+# controls and bidirectional overrides: shown as code points, so that a user agent or a
+# location cannot reorder or hide what the page says around it
+_INVISIBLE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
 def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
+    text = _INVISIBLE.sub(lambda m: f"[U+{ord(m.group(0)):04X}]", str(value))
+    return html.escape(text, quote=True)
 
 
 @dataclass(slots=True)
