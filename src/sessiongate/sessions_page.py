@@ -7,7 +7,9 @@ Owns `sessions_page.path` and its two assets below it (`sessions.css`, `sessions
   newest first, at most `max_sessions` in all. Kratos' list is read page by page with
   `page`/`per_page` from page 1 until a short page (its `next` link repeats the first page,
   ory/kratos#3883), and never a page more than the list needs.
-* POST: the forms "Sign out this session" and "Sign out all other sessions". The request must
+* POST: the forms "Sign out this session" and "Sign out all other sessions" (after the session
+  ended: 401 with a link to sign in, since `form-action` forbids redirecting a form post to
+  the login page's origin). The request must
   come from this page (Origin, or `Sec-Fetch-Site: same-origin` where the page's
   `Referrer-Policy: no-referrer` makes browsers send `Origin: null`) and carry a CSRF token
   bound to the caller's session (`CsrfTokens`). Kratos' DELETE then goes through the relay's own
@@ -280,11 +282,23 @@ class SessionsPage:
             else Denial("anonymous", "No valid session credentials found in the request.")
         )
         if scope["method"] == "POST" and denial.kind == "anonymous":
-            # a form posted after the session ended: sign in, then back to the page
-            await self._redirect(send, self.gatekeeper.login_redirect(self._as_page(scope)))
+            await self._session_ended(scope, send)
             return None
         await self.gatekeeper.answer_denial(scope, send, denial)
         return None
+
+    async def _session_ended(self, scope: Scope, send: Send) -> None:
+        """A form posted after its session ended: 401 and a link to sign in (then back here).
+
+        Not a redirect: `form-action 'self'` also holds for the redirects that follow a form
+        post, so browsers would refuse one to the login page on another origin."""
+        login = self.gatekeeper.login_redirect(self._as_page(scope))
+        body = _message_page(
+            "Your session has ended",
+            "This device is signed out, so nothing was changed.",
+            f'<p><a href="{_e(login)}">Sign in again</a></p>',
+        )
+        await _send_html(send, 401, body, self.headers)
 
     def _as_page(self, scope: Scope) -> Scope:
         return {**scope, "method": "GET", "raw_path": self.path.encode(), "query_string": b""}
@@ -470,7 +484,7 @@ class SessionsPage:
         elif answer.ok:
             await self._back(send, done)
         elif answer.status == 401:
-            await self._redirect(send, self.gatekeeper.login_redirect(self._as_page(scope)))
+            await self._session_ended(scope, send)
         else:
             await self._back(send, "failed")
 

@@ -110,6 +110,7 @@ async def test_two_devices_sign_the_other_out(
             laptop_page = await _sign_in(laptop, stack)
             phone_page = await _sign_in(phone, stack)
             await laptop_page.reload()
+            login_page = stack.fake.public_url + "/self-service/login/browser?"
 
             # this device first, marked; the phone among the others, with what Kratos recorded
             current = laptop_page.locator("article.sg-current")
@@ -151,10 +152,18 @@ async def test_two_devices_sign_the_other_out(
                 path=str(screenshots / "desktop-after-sign-out.png"), full_page=True
             )
 
-            # the phone's very next request is refused and sent to login
-            whoamis = stack.fake.count("GET", "/sessions/whoami")
-            assert await _is_sent_to_login(phone, stack)
+            # the phone's very next request, a click on its (now stale) page, is refused (it
+            # signs nobody out) and offers the login, with return_to the page
+            whoamis, revokes = stack.fake.count("GET", "/sessions/whoami"), stack.revokes()
+            await phone_page.get_by_role("button", name="Sign out all other sessions").click()
+            await phone_page.get_by_role("heading", name="Your session has ended").wait_for()
             assert stack.fake.count("GET", "/sessions/whoami") == whoamis + 1  # not the cache
+            assert stack.revokes() == revokes
+            await phone_page.get_by_role("link", name="Sign in again").click()
+            await phone_page.wait_for_url(lambda url: url.startswith(login_page))
+            assert "return_to=" in phone_page.url
+            # and so is every later one
+            assert await _is_sent_to_login(phone, stack)
             # the laptop goes on
             assert not await _is_sent_to_login(laptop, stack)
         finally:
@@ -191,6 +200,11 @@ async def test_sign_out_all_other_sessions_with_three_devices(
             assert await _is_sent_to_login(contexts["firefox"], stack)
             assert await _is_sent_to_login(contexts["iphone"], stack, PAGE)
             assert not await _is_sent_to_login(contexts["mac"], stack)
+
+            # this device ends its own session with the logout link the page offers
+            await mac.get_by_role("link", name="Sign out").click()
+            await mac.wait_for_load_state()
+            assert await _is_sent_to_login(contexts["mac"], stack)
         finally:
             await browser.close()
 
