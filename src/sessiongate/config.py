@@ -599,7 +599,7 @@ def _page_url(value: str) -> str:
     return value
 
 
-class SessionsPage(_Section):
+class SessionsPageSettings(_Section):
     """The gate's own sessions page (README, "The sessions page"): off by default."""
 
     enabled: bool = False
@@ -792,7 +792,7 @@ class Settings(_Section):
     forward_auth: ForwardAuth = Field(default_factory=ForwardAuth)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     log: Log = Field(default_factory=Log)
-    sessions_page: SessionsPage = Field(default_factory=SessionsPage)
+    sessions_page: SessionsPageSettings = Field(default_factory=SessionsPageSettings)
 
     @property
     def log_level(self) -> str:
