@@ -178,7 +178,6 @@ class Listing:
     total: int | None = None  # Kratos' X-Total-Count: the identity's other active sessions
     more: bool = False  # more exist than were read
     status: int = 200  # Kratos' answer when it was not a list; 503: unreachable
-    pages: int = 0  # list calls made (tests count them)
 
 
 def _instant(value: Any) -> datetime | None:
@@ -271,6 +270,9 @@ class SessionsPage:
         browser: the login redirect, `return_to` this page)."""
         result = await self.gatekeeper.judge(scope)
         if isinstance(result, Pass) and result.session is not None:
+            record = record_of(scope)
+            if record is not None:
+                record.identity_id = result.session.identity_id
             try:
                 credential = find_credential(scope["headers"], self.gatekeeper.cookie_matcher)
             except MalformedCredential:  # judge parsed the same headers: cannot happen
@@ -310,7 +312,8 @@ class SessionsPage:
             return
         current, credential = caller
         listing, logout_url = await asyncio.gather(
-            self._others(scope, credential), self._logout_url(scope, credential)
+            self._others(scope, credential, current.session_id),
+            self._logout_url(scope, credential),
         )
         if listing.status == 401:  # the session ended between the check and the list
             await self._redirect(send, self.gatekeeper.login_redirect(scope))
@@ -339,7 +342,9 @@ class SessionsPage:
         code = 200 if listing.status == 200 else 503
         await _send_html(send, code, body, self.headers, head=scope["method"] == "HEAD")
 
-    async def _others(self, scope: Scope, credential: Credential | None) -> Listing:
+    async def _others(
+        self, scope: Scope, credential: Credential | None, current_id: str
+    ) -> Listing:
         """Kratos' `GET /sessions`, page 1, 2, ... until a short page or enough sessions."""
         want = self.max_sessions - 1
         size = max(1, min(want, self.page_size))
@@ -353,8 +358,7 @@ class SessionsPage:
                 )
             except (httpx.TransportError, httpx.TimeoutException) as exc:
                 log.warning("sessions page: listing sessions failed: %s", type(exc).__name__)
-                return Listing(status=503, pages=listing.pages + 1)
-            listing.pages += 1
+                return Listing(status=503)
             items = _json_list(answer)
             if items is None:
                 return Listing(status=answer.status if answer.status != 200 else 502)
@@ -363,7 +367,8 @@ class SessionsPage:
                 listing.total = total
             for item in items:
                 sid = item.get("id")
-                if isinstance(sid, str) and sid not in seen:  # #3883: pages may repeat
+                # #3883: pages may repeat; and the current session is shown on its own
+                if isinstance(sid, str) and sid not in seen and sid != current_id:
                     seen[sid] = item
             if len(items) < size or len(seen) >= want:
                 break

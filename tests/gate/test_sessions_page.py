@@ -6,35 +6,19 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
-from html.parser import HTMLParser
 
+import httpx
 import pytest
 from sessions_page_stack import PAGE, PageStack, csrf_of
 
+from redis_servers import RedisServers, redis_servers  # noqa: F401
 from sessiongate.config import Settings
 from sessiongate.gate import Gate
 from sessiongate.sessions_page import CsrfTokens, describe_device
+from shared_fleet import fleet, get
+from test_cli import Backends, backends  # noqa: F401
 
 ALICE = "alice@example.com"
-
-
-class _Text(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.parts: list[str] = []
-        self.tags: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.tags.append(tag)
-
-    def handle_data(self, data: str) -> None:
-        self.parts.append(data)
-
-
-def _parsed(body: str) -> _Text:
-    parser = _Text()
-    parser.feed(body)
-    return parser
 
 
 def _sessions(stack: PageStack, count: int, **kwargs: object) -> list:  # type: ignore[type-arg]
@@ -301,3 +285,35 @@ async def test_kratos_unreachable_the_page_says_so_and_signs_nobody_out(
 )
 def test_device_names_come_from_the_user_agent(agent: str, shown: str) -> None:
     assert describe_device(agent) == shown
+
+
+# -- several processes ---------------------------------------------------------------------------
+async def test_a_form_from_one_process_works_at_another_and_every_process_forgets(
+    tmp_path,
+    backends: Backends,  # noqa: F811
+    redis_servers: RedisServers,  # noqa: F811
+) -> None:
+    """Two `sessiongate serve` processes, one Redis, one SESSIONGATE_SECRET: the page rendered
+    by one, its form posted to the other; the signed-out session is refused by both at once."""
+    fake = backends.kratos.fake
+    ident = fake.create_identity(email=ALICE)
+    phone, laptop = fake.create_session(ident), fake.create_session(ident)
+    server = redis_servers.start()
+    on = {"sessions_page": {"enabled": True}}
+    with fleet(tmp_path, backends, server, count=2, sections=on) as (a, b):
+        async with httpx.AsyncClient(timeout=10) as client:
+            for gate in (a, b):  # the laptop's session is cached at both
+                assert (await get(client, gate, laptop.token)).status_code == 200
+            as_phone = {"X-Session-Token": phone.token, "Accept": "text/html"}
+            shown = await client.get(a.url + PAGE, headers=as_phone)
+            assert shown.status_code == 200
+            form = {"action": "revoke", "session": laptop.id, "csrf": csrf_of(shown.text)}
+            done = await client.post(
+                b.url + PAGE,
+                data=form,
+                headers={**as_phone, "Origin": "null", "Sec-Fetch-Site": "same-origin"},
+            )
+            assert done.headers["location"] == PAGE + "?status=revoked"
+            for gate in (a, b):
+                assert (await get(client, gate, laptop.token)).status_code == 401
+                assert (await get(client, gate, phone.token)).status_code == 200
