@@ -176,6 +176,30 @@ async def test_the_current_session_is_not_signed_out_from_the_list(
     assert stack.fake.is_session_active(other.id)
 
 
+async def test_a_page_left_open_too_long_asks_to_try_again(
+    make_page_stack: Callable[..., PageStack],
+) -> None:
+    stack = make_page_stack()
+    current, other = _sessions(stack, 2)
+    page = stack.gate.sessions_page
+    assert page is not None
+    async with stack.client(current) as client:
+        token = csrf_of((await client.get(PAGE)).text)
+        page.tokens.max_age = -120  # every token is too old now
+        answer = await client.post(
+            PAGE,
+            data={"action": "revoke", "session": other.id, "csrf": token},
+            headers=stack.form_headers(),
+        )
+        assert answer.headers["location"] == PAGE + "?status=expired"
+        shown = await client.get(answer.headers["location"])
+        assert '<p class="sg-status sg-error" role="alert">This page was open too long' in (
+            shown.text
+        )
+    assert stack.revokes() == 0
+    assert stack.fake.is_session_active(other.id)
+
+
 def test_tokens_are_bound_to_the_session_the_key_and_an_age() -> None:
     secret = b"k" * 32
     one, two = CsrfTokens(secret), CsrfTokens(secret)
