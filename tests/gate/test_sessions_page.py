@@ -14,7 +14,7 @@ from sessions_page_stack import PAGE, PageStack, csrf_of
 from redis_servers import RedisServers, redis_servers  # noqa: F401
 from sessiongate.config import Settings
 from sessiongate.gate import Gate
-from sessiongate.sessions_page import CsrfTokens, describe_device
+from sessiongate.sessions_page import CsrfTokens
 from shared_fleet import fleet, get
 from test_cli import Backends, backends  # noqa: F401
 
@@ -286,29 +286,6 @@ async def test_kratos_unreachable_the_page_says_so_and_signs_nobody_out(
         )
         assert answer.headers["location"] == PAGE + "?status=unavailable"
     assert stack.fake.is_session_active(other.id)
-
-
-# -- devices -------------------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    ("agent", "shown"),
-    [
-        (
-            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
-            "Chrome/131.0.0.0 Safari/537.36",
-            "Chrome 131 on Linux",
-        ),
-        (
-            "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) "
-            "Chrome/131.0.6778.81 Mobile Safari/537.36",
-            "Chrome Mobile 131 on Android 14 (Pixel 8)",
-        ),
-        ("curl/8.5.0", "curl 8.5"),
-        ("", "Unknown device"),
-        ("<script>", "Unknown device"),
-    ],
-)
-def test_device_names_come_from_the_user_agent(agent: str, shown: str) -> None:
-    assert describe_device(agent) == shown
 
 
 # -- several processes ---------------------------------------------------------------------------
