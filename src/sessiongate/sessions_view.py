@@ -212,14 +212,12 @@ class SessionsView:
                 '<button type="submit" class="sg-button sg-danger">'
                 "Sign out all other sessions</button></form>"
             )
-        if not listing.sessions:
+        if not count:
             out.append(
                 '<p class="sg-empty">No other active sessions: this device is the only one '
                 "signed in.</p>"
-                if not count
-                else ""
             )
-        else:
+        if listing.sessions:
             out.append('<ul class="sg-list">')
             for index, session in enumerate(listing.sessions, start=1):
                 out.append(f"<li>{self._card(session, index, current=False)}</li>")
