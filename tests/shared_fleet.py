@@ -41,18 +41,24 @@ def gate_settings(backends: Backends, redis: RedisServer, port: int, **shared: A
 
 @contextlib.contextmanager
 def fleet(
-    tmp_path: Path, backends: Backends, redis: RedisServer, count: int = 2, **shared: Any
+    tmp_path: Path,
+    backends: Backends,
+    redis: RedisServer,
+    count: int = 2,
+    *,
+    sections: dict[str, Any] | None = None,
+    **shared: Any,
 ) -> Iterator[list[Running]]:
-    """`count` gate processes; each its own port, all the same Redis and secret."""
+    """`count` gate processes; each its own port, all the same Redis and secret (and the
+    same other `sections` of settings, e.g. `sessions_page`)."""
     with contextlib.ExitStack() as stack:
         gates = []
         for n in range(count):
             port = free_port()
             workdir = tmp_path / f"gate{n}"
             workdir.mkdir()
-            path = write_config(
-                workdir / "gate.yaml", gate_settings(backends, redis, port, **shared)
-            )
+            settings = {**gate_settings(backends, redis, port, **shared), **(sections or {})}
+            path = write_config(workdir / "gate.yaml", settings)
             env = clean_env(SESSIONGATE_SECRET=SECRET)
             gates.append(stack.enter_context(serve(workdir, ["--config", str(path)], env, port)))
         yield gates

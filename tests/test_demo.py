@@ -124,3 +124,22 @@ def test_demo_login_refuses_foreign_return_to(demo) -> None:
     )
     assert r.status_code == 303
     assert not r.headers["location"].startswith("https://evil.example")
+
+
+def test_demo_app_links_to_the_sessions_page(demo) -> None:
+    gate, kratos, output = demo
+    assert f"{gate}/.sessiongate/sessions" in output
+    with httpx.Client(timeout=5) as browser:
+        ok = browser.post(
+            kratos + "/self-service/login",
+            data={"identifier": "alice@example.com", "password": "demo", "return_to": gate + "/"},
+            headers={"User-Agent": "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Firefox/133.0"},
+        )
+        assert ok.status_code == 303
+        home = browser.get(gate + "/", headers={"Accept": "text/html"})
+        assert '<a href="/.sessiongate/sessions">Your sessions</a>' in home.text
+        page = browser.get(gate + "/.sessiongate/sessions", headers={"Accept": "text/html"})
+        assert page.status_code == 200
+        assert "This device" in page.text
+        assert "Firefox 133 on Linux" in page.text
+        assert f'<a href="{gate}/">Back to the app</a>' in page.text

@@ -254,6 +254,37 @@ async def test_revoked_session_is_refused(app_url, fake, views):
     assert views.calls == 0
 
 
+async def test_the_sessions_page_is_answered_by_the_middleware(kratos, fake, views, serve):
+    """The page before the app: a form signs another session out, through Kratos and the
+    middleware's cache, and that session's next request to the app is refused."""
+    settings = make_settings(kratos.public_url, sessions_page={"enabled": True})
+    url = serve(starlette_app(settings, views), lifespan="on")
+    phone = fake.login("alice@example.com", devices=[{"user_agent": "Phone/1.0 <b>"}])
+    laptop = fake.login("alice@example.com")
+    page = "/.sessiongate/sessions"
+    async with await client(url) as c:
+        r = await c.get("/me", headers={"X-Session-Token": phone.token})
+        assert r.status_code == 200  # the phone's session is cached now
+        laptop_cookie = {"Cookie": fake.cookie_header(laptop), "Accept": "text/html"}
+        shown = await c.get(page, headers=laptop_cookie)
+        assert shown.status_code == 200, shown.text
+        assert shown.headers["cache-control"] == "no-store"
+        assert "Phone/1.0 &lt;b&gt;" in shown.text
+        # no relay in middleware mode: the logout link is Kratos' own
+        assert f'href="{kratos.public_url}/self-service/logout?token=ory_lo_' in shown.text
+        token = shown.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+        done = await c.post(
+            page,
+            data={"action": "revoke", "session": phone.id, "csrf": token},
+            headers={**laptop_cookie, "Origin": url},
+        )
+        assert (done.status_code, done.headers["location"]) == (303, page + "?status=revoked")
+        r = await c.get("/me", headers={"X-Session-Token": phone.token})
+        assert r.status_code == 401
+    assert views.calls == 1  # the page never reached the app
+    assert fake.is_session_active(laptop.id)
+
+
 async def test_public_path_passes_without_a_session(app_url, views):
     async with await client(app_url) as c:
         r = await c.get("/health/alive", headers={"X-User-Id": "spoofed"})

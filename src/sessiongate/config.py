@@ -97,7 +97,7 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 def _http_url(value: str, *, field: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{field} must be an absolute http(s) URL, got {value!r}")
+        raise ValueError(f"must be an absolute http(s) URL, got {value!r}")
     if parts.query or parts.fragment:
         raise ValueError(f"{field} must not carry a query or fragment")
     return value.rstrip("/")
@@ -577,6 +577,74 @@ class SessionsApi(_Section):
         return v
 
 
+_PAGE_PATH = re.compile(r"(/[A-Za-z0-9._~-]+)+")
+# what no URL written into the page may hold: controls, whitespace, quotes, `<>`, backslash
+_URL_UNSAFE = re.compile(r"[\x00-\x20\x7f-\x9f\"'<>\\`]")
+
+
+def _page_url(value: str) -> str:
+    """A URL the sessions page writes into its HTML: a path (`/x`, not `//x`) or an absolute
+    http(s) URL without user-info; nothing that could end an attribute or hide a scheme."""
+    if _URL_UNSAFE.search(value) or not value.isascii():
+        raise ValueError(f"must be a plain URL (no whitespace, quotes, <>, \\), got {value!r}")
+    if value.startswith("/"):
+        if value.startswith("//"):
+            raise ValueError(f"must be a path starting with a single '/', got {value!r}")
+        return value
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 (raises on a bad port)
+    except ValueError:
+        raise ValueError(f"must be a URL, got {value!r}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc:
+        raise ValueError(f"must be an http(s) URL without user-info, or a path, got {value!r}")
+    return value
+
+
+class SessionsPageSettings(_Section):
+    """The gate's own sessions page (README, "The sessions page"): off by default."""
+
+    enabled: bool = False
+    path: str = "/.sessiongate/sessions"
+    title: str = Field(default="Your sessions", min_length=1, max_length=200)
+    stylesheet: str | None = None  # the app's CSS, loaded after the page's own
+    return_url: str | None = None  # "back to the app"; checked like return_to
+    # sessions listed (the current one included); Kratos' list is read until it has these
+    max_sessions: int = Field(default=100, ge=1, le=1000)
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        v = v.rstrip("/")
+        if not _PAGE_PATH.fullmatch(v) or any(seg in (".", "..") for seg in v.split("/")):
+            raise ValueError(
+                f"a path such as /.sessiongate/sessions: starts with '/', segments of A-Z a-z "
+                f"0-9 . _ ~ -, no dot segments, got {v or '/'!r}"
+            )
+        return v
+
+    @field_validator("title")
+    @classmethod
+    def _title(cls, v: str) -> str:
+        if re.search(r"[\x00-\x1f\x7f-\x9f]", v) or not v.strip():
+            raise ValueError("must be one line of visible text")
+        return v
+
+    @field_validator("stylesheet")
+    @classmethod
+    def _stylesheet(cls, v: str | None) -> str | None:
+        return None if v in (None, "") else _page_url(v)
+
+    @field_validator("return_url")
+    @classmethod
+    def _return_url(cls, v: str | None) -> str | None:
+        return None if v in (None, "") else _page_url(v)
+
+    def owns(self, path: str) -> bool:
+        """The page's path or one below it (its assets)."""
+        return path == self.path or path.startswith(self.path + "/")
+
+
 _DOMAIN_TEXT = re.compile(r"[A-Za-z0-9-]+(?:\\?\.[A-Za-z0-9-]+)+")  # example\.com, example.com
 _LABEL_BEFORE_DOT = re.compile(r"[A-Za-z0-9-]+(?=\\\.)")  # `app` in app\.(.*)example\.com
 
@@ -841,6 +909,7 @@ class Settings(_Section):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     log: Log = Field(default_factory=Log)
     identity_token: IdentityToken = Field(default_factory=IdentityToken)
+    sessions_page: SessionsPageSettings = Field(default_factory=SessionsPageSettings)
 
     @property
     def log_level(self) -> str:
@@ -965,6 +1034,7 @@ class Settings(_Section):
         self._forward_auth_fits()
         self._metrics_port_is_its_own()
         self._identity_token_fits()
+        self._sessions_page_fits()
         if self.session_header and self.session_header.lower().replace("_", "-") in {
             n.lower().replace("_", "-") for n in self.identity_headers
         }:
@@ -1067,6 +1137,31 @@ class Settings(_Section):
         """The identity token's lifetime (before the session's own expiry caps it)."""
         ttl = self.identity_token.ttl
         return self.cache.ttl if ttl is None else ttl
+
+    def _sessions_page_fits(self) -> None:
+        """A page path of its own, and a return URL the gate may send a browser to."""
+        page = self.sessions_page
+        if not page.enabled:
+            return
+        prefix = self.sessions_api.prefix
+        owned = [f"{prefix}/sessions", f"{prefix}/self-service", f"{prefix}/admin", "/health"]
+        if self.forward_auth.enabled:
+            owned.append(self.forward_auth.path)
+        for path in owned:
+            a, b = page.path + "/", path.rstrip("/") + "/"
+            if a.startswith(b) or b.startswith(a):
+                raise ValueError(
+                    f"sessions_page.path: {page.path!r} overlaps {path!r}, which the gate "
+                    f"answers itself; pick another, e.g. /.sessiongate/sessions"
+                )
+        url = page.return_url
+        if url is not None and not url.startswith("/"):
+            allowed = self.gate_origins() | set(self.access.allowed_return_to)
+            if origin_of(url) not in allowed:
+                raise ValueError(
+                    f"sessions_page.return_url: {url!r} is on none of the origins return_to "
+                    f"may use (public_url, the listen address, access.allowed_return_to)"
+                )
 
     def _metrics_port_is_its_own(self) -> None:
         """The metrics listener cannot share the gate's own address and port."""
@@ -1244,6 +1339,19 @@ def runtime_problems(settings: Settings, environ: Mapping[str, str] | None = Non
                 f"{SECRET_MIN_BYTES} bytes and the same on every process"
                 + ("" if secret is None else f" (it has {len(secret)})")
             )
+    if settings.sessions_page.enabled:
+        secret = shared_secret(environ)
+        if secret is not None and len(secret) < SECRET_MIN_BYTES:
+            problems.append(
+                f"sessions_page: {SECRET_ENV} keys the page's CSRF tokens and must have at least "
+                f"{SECRET_MIN_BYTES} bytes (it has {len(secret)})"
+            )
+        elif secret is None and settings.listen.workers > 1:
+            problems.append(
+                f"sessions_page: with listen.workers > 1 a form may be posted to any worker, "
+                f"so the page's CSRF tokens need {SECRET_ENV} (at least {SECRET_MIN_BYTES} "
+                f"bytes, the same on every process) in the environment"
+            )
     admin = settings.sessions_api.admin
     if (
         settings.sessions_api.enabled
@@ -1277,6 +1385,13 @@ def config_warnings(settings: Settings) -> list[str]:
                 f"forward_auth.trusted_callers: {cidr!r} lets any address ask for decisions "
                 f"(and learn whose sessions are valid); list your proxies' addresses"
             )
+    if settings.sessions_page.enabled and shared_secret() is None:
+        out.append(
+            f"sessions_page: {SECRET_ENV} is not set, so the page's CSRF tokens are keyed by a "
+            f"random key of this process: a form posted to another process or replica (or "
+            f"after a restart) is refused. Set it (>= {SECRET_MIN_BYTES} bytes, the same "
+            f"everywhere) to run more than one"
+        )
     for glob in settings.access.public_paths:
         if glob.endswith("/*"):
             out.append(

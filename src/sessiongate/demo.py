@@ -2,23 +2,28 @@
 
 Everything listens on 127.0.0.1: Kratos fake public 4433 / admin 4434 (with a login page),
 the sample app on 8080, the gate on 4455. Open the gate's URL in a browser, sign in as
-alice@example.com / demo, and the app greets you by the identity headers the gate adds.
+alice@example.com / demo, and the app greets you by the identity headers the gate adds and
+links to the gate's sessions page (`sessions_page`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import html
+import os
+import secrets
 import socket
 import sys
 
 import uvicorn
 from starlette.types import Receive, Scope, Send
 
-from sessiongate.config import Settings
+from sessiongate.config import SECRET_ENV, SessionsPageSettings, Settings
 from sessiongate.gate import Gate
 from sessiongate.testing.app import KratosFake
 from sessiongate.testing.seed import DEFAULT_SEED, apply_seed, load_seed
+
+SESSIONS_PAGE = SessionsPageSettings.model_fields["path"].default  # the gate's sessions page
 
 
 async def legacy_app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -39,7 +44,9 @@ async def legacy_app(scope: Scope, receive: Receive, send: Send) -> None:
             f"<!doctype html><html lang=en><meta charset=utf-8><title>Legacy app</title>"
             f"<h1>Hello, {html.escape(email)}!</h1>"
             f"<p>This app has no login of its own; sessiongate checked your Ory session and "
-            f"added these headers:</p><table>{shown}</table></html>"
+            f"added these headers:</p><table>{shown}</table>"
+            f'<p><a href="{SESSIONS_PAGE}">Your sessions</a>: where you are signed in, and '
+            f"signing other devices out (a page the gate serves for this app).</p></html>"
         ).encode()
         ctype = b"text/html; charset=utf-8"
     await send(
@@ -94,11 +101,15 @@ def run_demo(
                 "login_url": kratos_url + "/self-service/login/browser",
                 "public_paths": ["/health/**"],
             },
+            "sessions_page": {"enabled": True, "return_url": "/"},
         }
     )
+    # one process: the sessions page's CSRF key may be this run's own
+    os.environ.setdefault(SECRET_ENV, secrets.token_urlsafe(32))
     gate = Gate(settings)
     print("sessiongate demo: all on 127.0.0.1, Ctrl+C stops it")
     print(f"  the gate (open this):  {gate_url}/   sign in as alice@example.com / demo")
+    print(f"  your sessions:         {gate_url}{SESSIONS_PAGE}")
     print(f"  Kratos fake:           {kratos_url} (admin {admin_port})")
     print(f"  unprotected app:       http://{host}:{app_port}/")
     print(f"  API call with a token: curl -H 'X-Session-Token: {created[0][1].token}' {gate_url}/")

@@ -3,8 +3,9 @@
 Reads like the request's path: CORS (Starlette's middleware: preflights are answered before
 any authentication; under `cors.apply_to: sessions` only the relay's and the gate's own, the
 app's go to the app), a 400 unless there is exactly one Host header, the gate's own health
-endpoints (readiness cached for a second), the session relay routes, then the `Gatekeeper`
-(credential → cache/whoami → decision → identity headers) and the `UpstreamProxy`. With
+endpoints (readiness cached for a second), the session relay routes, the sessions page (never
+with CORS headers), then the `Gatekeeper` (credential → cache/whoami → decision → identity
+headers) and the `UpstreamProxy`. With
 `forward_auth.enabled`, `ForwardAuth` answers its decision path before all of that; without
 `upstream.url` (a decision service only) every other app path is a 404.
 Long-lived clients are opened on first use and closed on lifespan shutdown (or `aclose()`).
@@ -41,9 +42,11 @@ from sessiongate.metrics import Metrics
 from sessiongate.observe import Observers, RequestRecord, record_of
 from sessiongate.proxy import UpstreamProxy
 from sessiongate.relay import SessionsRelay
+from sessiongate.relay_handlers import RelayHandlers
 from sessiongate.relay_routes import ROUTE_NAMES
 from sessiongate.responses import send_error, send_json
 from sessiongate.revocations import Revocations
+from sessiongate.sessions_page import SessionsPage
 from sessiongate.tracing import CONTEXT, CURRENT, RequestContext, RequestIds, Tracing
 from sessiongate.websocket_guard import WebSocketGuard
 
@@ -121,6 +124,19 @@ class Gate:
             if api.enabled
             else None
         )
+        # the sessions page (sessions_page.py): its forms revoke through the relay's handlers
+        self.sessions_page = (
+            SessionsPage(
+                settings,
+                gk,
+                self.relay.handlers
+                if self.relay is not None
+                else RelayHandlers.for_gate(settings, self.kratos, gk),
+                relay_mounted=self.relay is not None,
+            )
+            if settings.sessions_page.enabled
+            else None
+        )
         self._ready, self._ready_until, self._ready_lock = False, 0.0, asyncio.Lock()
         # The shared mode: evictions go to every process through Redis (README, "Several cores")
         self.revocations = (
@@ -135,6 +151,8 @@ class Gate:
         if self.relay is not None and self.revocations is not None:
             self.relay.published = self.revocations.flush
             self.relay.handlers.on_forget = self.revocations.forgot
+        if self.sessions_page is not None and self.revocations is not None:
+            self.sessions_page.published = self.revocations.flush
         # who watches each request (metrics, access log): a record per request when any does
         self.observers = Observers()
         # Prometheus metrics (metrics.py): an observer, and counters in the components
@@ -253,6 +271,11 @@ class Gate:
         """HTTP requests and WebSockets (after the decision endpoint, when it is on)."""
         kind = scope["type"]
         if kind == "http":
+            page = self.sessions_page
+            if page is not None and page.owns(scope["path"]):
+                # never with CORS headers: no other origin may read the page (its CSRF tokens)
+                await self._http(scope, receive, send)
+                return
             if self.cors is None or (not self.cors_all and self._app_preflight(scope)):
                 await self._http(scope, receive, send)
                 return
@@ -329,6 +352,10 @@ class Gate:
             if record is not None:
                 record.decide("relay")
             await self.relay(scope, receive, send)
+            return
+        page = self.sessions_page
+        if page is not None and page.owns(path):
+            await page(scope, receive, send)
             return
         proxy = self.proxy
         if proxy is None:

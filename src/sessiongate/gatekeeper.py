@@ -178,7 +178,7 @@ class Gatekeeper:
         if not self.decider.is_browser_navigation(scope.get("method", "GET"), scope["headers"]):
             return None
         if denial.kind == "anonymous":
-            return self._login_redirect(scope)
+            return self.login_redirect(scope)
         return self._with_return_to(scope, denial.redirect_browser_to)
 
     async def answer_denial(
@@ -240,7 +240,8 @@ class Gatekeeper:
             head=scope.get("method") == "HEAD" if head is None else head,
         )
 
-    def _login_redirect(self, scope: Scope) -> str:
+    def login_redirect(self, scope: Scope) -> str:
+        """The login page, with `return_to` this request's URL (when it may go back there)."""
         return self._with_return_to(scope, self.settings.access.login_url)
 
     def _with_return_to(self, scope: Scope, target: str) -> str:

@@ -12,7 +12,8 @@ in proxy mode. Whoami calls carry the request's own `traceparent`/`tracestate` a
 trusted proxy, its `X-Request-Id` (tracing.py); the middleware makes no ids, spans or access
 lines of its own: the host application owns those. WebSockets go through the proxy mode's
 `WebSocketGuard`: foreign-Origin cookie handshakes are refused, and a socket whose session ends
-is closed on both sides (`_WatchedSocket`). `require_session` is a dependency for FastAPI (or a
+is closed on both sides (`_WatchedSocket`). With `sessions_page.enabled` the middleware answers
+the sessions page itself, before the app. `require_session` is a dependency for FastAPI (or a
 helper for Starlette views).
 """
 
@@ -37,9 +38,11 @@ from sessiongate.identity_token import tokenize_template
 from sessiongate.kratos import KratosClient
 from sessiongate.metrics import Metrics
 from sessiongate.observe import Observers, record_of
+from sessiongate.relay_handlers import RelayHandlers
 from sessiongate.relay_routes import ROUTE_NAMES
 from sessiongate.responses import send_error
 from sessiongate.revocations import Revocations
+from sessiongate.sessions_page import SessionsPage
 from sessiongate.tracing import CURRENT, RequestContext, RequestIds
 from sessiongate.websocket_guard import SocketWatch, WebSocketGuard
 
@@ -142,6 +145,20 @@ class SessionGateMiddleware:
             self.revocations.append_hooks.append(records.append_hook)
             # a cached session is proven only within the data set this process follows
             records.trusted = self.revocations.trusted_generation
+        # the sessions page (sessions_page.py), answered before the app; no relay here, so its
+        # logout link is Kratos' own
+        self.sessions_page = (
+            SessionsPage(
+                self.settings,
+                gk,
+                RelayHandlers.for_gate(self.settings, self.kratos, gk),
+                relay_mounted=False,
+            )
+            if self.settings.sessions_page.enabled
+            else None
+        )
+        if self.sessions_page is not None and self.revocations is not None:
+            self.sessions_page.published = self.revocations.flush
 
     @property
     def cache(self):  # type: ignore[no-untyped-def]
@@ -193,6 +210,10 @@ class SessionGateMiddleware:
             if record is not None:
                 record.decide("gate", "jwks")
             await self.jwks.send_jwks(scope, send)
+            return
+        page = self.sessions_page
+        if page is not None and scope["type"] == "http" and page.owns(scope["path"]):
+            await page(scope, receive, send)
             return
         gatekeeper = self.gatekeeper
         if (

@@ -20,7 +20,7 @@ from starlette.types import Message, Scope, Send
 RECORD = "sessiongate.record"
 
 #: What the gate decided; `relay`: a session-management call relayed to Kratos; `gate`: the
-#: gate's own endpoints (health, a decision service's 404).
+#: gate's own endpoints (health, a decision service's 404, the sessions page).
 DECISIONS = frozenset(
     {"allowed", "public", "denied", "redirected", "unavailable", "bad_request", "relay", "gate"}
 )
@@ -45,6 +45,7 @@ REASONS = frozenset(
         "health",
         "jwks",  # the identity token's public keys (identity_token.jwks_path)
         "no_app",  # a decision service's other paths: 404
+        "sessions_page",  # the gate's sessions page (sessions_page.py)
     }
 )
 

@@ -33,9 +33,8 @@ from sessiongate.metrics import UNMATCHED_ROUTE
 from sessiongate.observe import record_of
 from sessiongate.relay_admission import AdminAdmission
 from sessiongate.relay_handlers import RelayHandlers
-from sessiongate.relay_rewrite import UrlRewriter
 from sessiongate.relay_routes import Matched, RouteTable, canonical_id, reencode_query
-from sessiongate.relay_upstream import Answer, Call, KratosRelay
+from sessiongate.relay_upstream import Answer, Call
 from sessiongate.responses import send_error
 from sessiongate.uuids import InvalidUUID
 
@@ -65,20 +64,11 @@ class SessionsRelay:
         self.cache = gatekeeper.cache
         self.body_deadline = settings.ory.timeout
         self.is_allowed_origin = is_allowed_origin
-        self.rewriter = UrlRewriter(
-            self.prefix,
-            [settings.ory.public_url, settings.ory.admin_base],
-            lambda scope: gatekeeper.decider.origin(scope.get("scheme", "http"), scope["headers"]),
-        )
         self.admission = AdminAdmission(
             admin_keys, api.admin.allow_identities, gatekeeper.authenticator
         )
-        self.handlers = RelayHandlers(
-            KratosRelay(kratos, self.rewriter, api.cookie_domain),
-            gatekeeper.authenticator,
-            self.cache,
-            self.rewriter,
-        )
+        self.handlers = RelayHandlers.for_gate(settings, kratos, gatekeeper)
+        self.rewriter = self.handlers.rewriter
         # The shared mode: awaited after each route, so its evictions reach Redis before the
         # client hears back (set by the gate; None: evictions stay in this process)
         self.published: Callable[[], Awaitable[object]] | None = None
@@ -151,6 +141,7 @@ class SessionsRelay:
             headers,
             body,
             credential,
+            method,
         )
         handler: Callable[[Call], Awaitable[Answer]] = getattr(self.handlers, route.handler)
         try:

@@ -20,10 +20,12 @@ import httpx
 
 from sessiongate.authenticate import Authenticator
 from sessiongate.cache import NEGATIVE, CachedSession, SessionCache
+from sessiongate.config import Settings
 from sessiongate.credentials import CookieMatcher, Credential, MalformedCredential, find_credential
+from sessiongate.gatekeeper import Gatekeeper
 from sessiongate.herodot import error_bytes
 from sessiongate.identity_token import without_tokenized
-from sessiongate.kratos import KratosAnswer
+from sessiongate.kratos import KratosAnswer, KratosClient
 from sessiongate.relay_rewrite import UrlRewriter
 from sessiongate.relay_upstream import Answer, Call, KratosRelay
 from sessiongate.strict import Revocation
@@ -49,6 +51,26 @@ class RelayHandlers:
         # told of an admin extend's forget_session (no cache listener hears it; the shared
         # mode tells the other processes)
         self.on_forget: Callable[[str], None] | None = None
+
+    @classmethod
+    def for_gate(
+        cls, settings: Settings, kratos: KratosClient, gatekeeper: Gatekeeper
+    ) -> RelayHandlers:
+        """The handlers of this gate's relay routes, its Kratos calls rewritten to the gate
+        (`sessions_api.prefix`). The relay uses them, and so does the sessions page, whose
+        forms revoke through the same code (and keep the cache just as truthful)."""
+        api = settings.sessions_api
+        rewriter = UrlRewriter(
+            api.prefix.rstrip("/"),
+            [settings.ory.public_url, settings.ory.admin_base],
+            lambda scope: gatekeeper.decider.origin(scope.get("scheme", "http"), scope["headers"]),
+        )
+        return cls(
+            KratosRelay(kratos, rewriter, api.cookie_domain),
+            gatekeeper.authenticator,
+            gatekeeper.cache,
+            rewriter,
+        )
 
     async def whoami(self, call: Call) -> Answer:
         """From the cache when fresh (Kratos' own bytes), else relayed and then cached."""

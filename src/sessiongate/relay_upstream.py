@@ -75,6 +75,7 @@ class Call:
     headers: RawHeaders
     body: bytes
     credential: Credential | None
+    method: str  # the Kratos method: the request's, or the route's for the sessions page's forms
 
     @property
     def upstream_path(self) -> str:
@@ -118,7 +119,7 @@ class KratosRelay:
         url = httpx.URL(path + ("?" + call.query if call.query else ""))
         if url.path != path or url.fragment:  # cannot happen with validated parts: fail closed
             raise RuntimeError(f"relay built an upstream URL off its route: {path!r}")
-        method = "GET" if call.scope["method"] == "HEAD" else call.scope["method"]
+        method = "GET" if call.method == "HEAD" else call.method
         response = await client.request(method, url, headers=headers, content=call.body or None)
         out = []
         for name, value in response.headers.multi_items():

@@ -13,7 +13,6 @@ The httpx tests below pin down the CORS details the browser relies on (preflight
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
@@ -24,21 +23,11 @@ import pytest
 from pydantic import ValidationError
 from starlette.types import Receive, Scope, Send
 
+from browsers import TIMEOUT_MS, launch_options
 from sessiongate.config import Settings
 from sessiongate.gate import Gate
 from sessiongate.testing import FakeKratosServer, UvicornThread
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-TIMEOUT_MS = 10_000
 SCREENSHOT = "/tmp/sessiongate-browser.png"  # noqa: S108 - a fixed place CI uploads
 ALICE = "alice@example.com"
 PASSWORD = "correct horse battery staple"
@@ -134,20 +123,6 @@ def pages() -> Iterator[tuple[UvicornThread, UvicornThread]]:
         yield allowed, disallowed
 
 
-def _launch_options() -> dict[str, Any]:
-    if not os.path.exists(CHROMIUM):
-        pytest.fail(
-            f"{CHROMIUM} is missing: the browser tests drive Debian's chromium "
-            "(apt-get install chromium; scripts/test does this). Playwright must not download one."
-        )
-    return {
-        "executable_path": CHROMIUM,
-        "headless": True,
-        "args": CHROMIUM_ARGS,
-        "timeout": TIMEOUT_MS,
-    }
-
-
 # -- the browser test -------------------------------------------------------------------------
 async def test_browser_cors_allowed_and_disallowed_origins(
     make_relay: Callable[..., Any], pages: tuple[UvicornThread, UvicornThread]
@@ -156,7 +131,7 @@ async def test_browser_cors_allowed_and_disallowed_origins(
         from playwright.async_api import async_playwright
     except ImportError as exc:  # pragma: no cover - CI installs the test extras
         pytest.fail(f"playwright is not installed ({exc}); pip install -e '.[test]'")
-    launch = _launch_options()
+    launch = launch_options()
     allowed, disallowed = pages
     ok_origin, bad_origin = allowed.url, disallowed.url
     relay = make_relay(

@@ -3,7 +3,8 @@
 Not part of Kratos' session contract: real Kratos answers `GET /self-service/login/browser`
 with a login *flow* and a redirect to your login UI. The fake short-cuts that: the same URL
 shows a form, and `POST /self-service/login` checks the password set with
-`KratosFake.set_password`, issues the session cookie exactly as Kratos does (CONTRACT §5) and
+`KratosFake.set_password`, records the device as Kratos does (user agent; IP address and location
+from the request's headers), issues the session cookie exactly as Kratos does (CONTRACT §5) and
 sends the browser back to `return_to` when it is allowed, else to the default return URL.
 """
 
@@ -54,6 +55,27 @@ def _page(
     return HTMLResponse(body, status_code=status)
 
 
+# Kratos takes a login's IP address from the first of these headers present (CONTRACT §3.1)
+_IP_HEADERS = ("true-client-ip", "cf-connecting-ip", "x-real-ip", "x-forwarded-for")
+
+
+def _device(request: Request) -> dict[str, str | None]:
+    """The device Kratos records at login: user agent, IP address and location as the
+    request's headers report them (any client can set them), else the peer's address."""
+    ip = request.client.host if request.client else None
+    for name in _IP_HEADERS:
+        value = request.headers.get(name)
+        if value:
+            ip = value.split(",")[0].strip() if name == "x-forwarded-for" else value
+            break
+    place = [request.headers.get(n, "") for n in ("cf-ipcity", "cf-ipcountry")]
+    return {
+        "ip_address": ip,
+        "user_agent": request.headers.get("user-agent"),
+        "location": ", ".join(p for p in place if p),
+    }
+
+
 def login_routes(fake: KratosFake) -> list[Route]:
     async def show(request: Request) -> Response:
         return _page(
@@ -84,16 +106,7 @@ def login_routes(fake: KratosFake) -> list[Route]:
                 error="The provided credentials are invalid.",
                 status=400,
             )
-        created = fake.create_session(
-            identity_id,
-            aal=aal,
-            devices=[
-                {
-                    "ip_address": request.client.host if request.client else None,
-                    "user_agent": request.headers.get("user-agent"),
-                }
-            ],
-        )
+        created = fake.create_session(identity_id, aal=aal, devices=[_device(request)])
         target = (fake.return_to_allowed(return_to) if return_to else None) or (
             fake.default_browser_return_to
         )
