@@ -25,19 +25,21 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jwt
 from starlette.types import Scope, Send
 
 from sessiongate.cache import CachedSession
 from sessiongate.config import Settings
 from sessiongate.identity_headers import lookup
 from sessiongate.responses import send_error
-from sessiongate.signing_keys import KeySet, load_keys
+
+if TYPE_CHECKING:
+    from sessiongate.signing_keys import KeySet
 
 log = logging.getLogger("sessiongate.identity_token")
 
@@ -47,6 +49,8 @@ JWKS_MAX_AGE = 300
 #: A token is signed again once this fraction of its lifetime has passed (Oathkeeper's rule).
 RENEW_AFTER = 0.9
 Header = tuple[bytes, bytes]
+#: A JWS in compact form, nothing else (the value goes into a header as it is)
+_COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 
 
 def claim_value(session: Any, path: tuple[str, ...]) -> Any:
@@ -71,8 +75,10 @@ def kratos_token(session: Any) -> tuple[str, float] | None:
     Its signature is Kratos' business and the app's (whoami's answer is trusted as a whole):
     the gate only reads `exp`, to keep the token no longer than it is valid."""
     token = session.get("tokenized") if isinstance(session, dict) else None
-    if not isinstance(token, str) or not token:
-        return None
+    if not isinstance(token, str) or not _COMPACT_JWS.fullmatch(token):
+        return None  # nothing, or not a compact JWS (it goes into a header as it is)
+    import jwt  # here: only a gate with identity tokens loads the JOSE and crypto libraries
+
     try:
         exp = jwt.decode(token, options={"verify_signature": False}).get("exp")
     except jwt.PyJWTError:
@@ -149,6 +155,8 @@ class IdentityTokens:
             return None
         keys = None
         if token.source == "gate":
+            from sessiongate.signing_keys import load_keys
+
             assert token.keys_file is not None, "validated with the settings"
             keys = load_keys(token.keys_file, token.signing_kid)  # KeysFileError: config
         return cls(
@@ -215,19 +223,28 @@ class IdentityTokens:
             if found is None or left <= 0:
                 entry.token = None
                 return None
-            value = found[0].encode("ascii", "replace")
+            value = found[0].encode("ascii")
             renew = self._monotonic() + left  # never: the entry dies at exp (authenticate.py)
         else:
-            value, renew = self._sign(entry, session)
+            signed = self._sign(entry, session)
+            if signed is None:
+                entry.token = None
+                return None
+            value, renew = signed
         header = (self.name, b"Bearer " + value if self.bearer else value)
         entry.token, entry.token_renew = header, renew
         return header
 
-    def _sign(self, entry: CachedSession, session: dict[str, Any]) -> tuple[bytes, float]:
+    def _sign(self, entry: CachedSession, session: dict[str, Any]) -> tuple[bytes, float] | None:
+        """A new token and when to sign again; None once the session has less than a second
+        left (a token would be born expired: the request is refused, never sent without one)."""
         now = self._wall()
         mono = self._monotonic()
         iat = math.floor(now)
+        capped = now + self.ttl >= entry.expires_at
         exp = math.floor(min(now + self.ttl, entry.expires_at))
+        if exp <= now:
+            return None
         claims: dict[str, Any] = {}
         for name, path in self.claims:
             value = claim_value(session, path)
@@ -243,10 +260,13 @@ class IdentityTokens:
                 "jti": str(uuid.uuid4()),
             }
         )
+        import jwt
+
         assert self.keys is not None
         signing = self.keys.signing
         token = jwt.encode(claims, signing.private, algorithm=signing.alg, headers=self._headers)
         self.minted += 1
-        # signed again by the first request in the last tenth of its lifetime
-        renew = mono + max(0.0, (exp - now) * RENEW_AFTER)
+        # signed again by the first request in the last tenth of its lifetime; a token that
+        # ends with the session is never renewed (the entry dies with the session anyway)
+        renew = math.inf if capped else mono + max(0.0, (exp - now) * RENEW_AFTER)
         return token.encode("ascii"), renew
