@@ -67,6 +67,26 @@ async def pair(redis_servers: RedisServers) -> AsyncIterator[tuple[RedisServer, 
         await b.rev.aclose()
 
 
+async def test_an_eviction_scoped_to_an_identity_spares_another_identitys_session(pair):
+    """A user naming someone else's session id (Kratos: 204, nothing revoked) evicts nothing
+    of theirs, at any process, and leaves no tombstone that refuses their answers."""
+    _server, a, b = pair
+    _put(b.cache, b"victim", "s-x", "bob")
+    a.cache.evict_session("s-x", "mallory")
+    assert await a.rev.flush()
+    a.cache.evict_session("s-marker")  # an event after it: once b applied it, b saw the first
+    assert await a.rev.flush()
+    await _until(lambda: b.cache.revoked_since("s-marker", "", 0.0), BOUND, "marker at b")
+    assert b.cache.get(b"victim") is not None
+    started = time.monotonic() - 1  # a whoami for bob's session in flight meanwhile
+    assert b.cache.put(b"victim-2", _entry("s-x", "bob"), started=started)
+    # the same id scoped to its own identity goes everywhere
+    a.cache.evict_session("s-x", "bob")
+    assert await a.rev.flush()
+    await _until(lambda: b.cache.get(b"victim") is None, BOUND, "evicted at b")
+    assert b.cache.get(b"victim-2") is None
+
+
 async def test_an_eviction_reaches_the_other_process_quickly(pair):
     server, a, b = pair
     _put(b.cache, b"k-b", "s1")

@@ -153,7 +153,7 @@ def _index_keys(index: _Index, ident: str) -> set[bytes]:
 class EvictionListener(Protocol):
     """Told of every revocation through the cache, synchronously: keep the callbacks cheap."""
 
-    def session_evicted(self, session_id: str) -> None: ...
+    def session_evicted(self, session_id: str, identity_id: str = "") -> None: ...
     def identity_evicted(self, identity_id: str, except_session: str) -> None: ...
     def cleared(self) -> None: ...
 
@@ -177,8 +177,9 @@ class SessionCache:
         self._entries: OrderedDict[bytes, CachedSession | float] = OrderedDict()
         self._by_session: _Index = {}
         self._by_identity: _Index = {}
-        # Tombstones: id → (monotonic time of eviction, session id to spare or "").
-        self._revoked_sessions: dict[str, float] = {}
+        # Tombstones: id → (monotonic time of eviction, the session's identity or "": any /
+        # session id to spare or "").
+        self._revoked_sessions: dict[str, tuple[float, str]] = {}
         self._revoked_identities: dict[str, tuple[float, str]] = {}
         self._cleared_at = float("-inf")
         self.listeners: list[EvictionListener] = []
@@ -230,14 +231,24 @@ class SessionCache:
         if self.negative_ttl > 0:
             self._store(key, self._monotonic() + self.negative_ttl)
 
-    def evict_session(self, session_id: str) -> int:
-        """Drop every entry of this session; answers already in flight are refused later."""
-        self._revoked_sessions[session_id] = self._monotonic()
+    def evict_session(self, session_id: str, identity_id: str = "") -> int:
+        """Drop every entry of this session; answers already in flight are refused later.
+
+        With `identity_id`, only if the session is that identity's: Kratos answers a user's
+        `DELETE /sessions/{id}` with 204 for anyone's session id and revokes only its own, so
+        a user must not evict (or have refused) another user's session by naming it."""
+        previous = self._revoked_sessions.get(session_id)
+        if previous is not None and previous[1] != identity_id:
+            identity_id = ""  # two scopes for one id: the wider one (a tombstone never narrows)
+        self._revoked_sessions[session_id] = (self._monotonic(), identity_id)
         self._prune_tombstones()
-        removed = self._remove_all(_index_keys(self._by_session, session_id))
+        keys = _index_keys(self._by_session, session_id)
+        if identity_id:
+            keys = {k for k in keys if self._identity_of(k) == identity_id}
+        removed = self._remove_all(keys)
         self._evicted("session_revoked", removed)
         for listener in self.listeners:  # after the removal: a listener may ask whoami again
-            listener.session_evicted(session_id)
+            listener.session_evicted(session_id, identity_id)
         return removed
 
     def evict_identity(self, identity_id: str, *, except_session: str = "") -> int:
@@ -245,8 +256,11 @@ class SessionCache:
         previous = self._revoked_identities.get(identity_id)
         if except_session and previous is not None and previous[1] != except_session:
             # An earlier eviction condemned the spared session too: keep that tombstone in force.
-            spared_at = self._revoked_sessions.get(except_session, previous[0])
-            self._revoked_sessions[except_session] = max(spared_at, previous[0])
+            spared_at = self._revoked_sessions.get(except_session, (previous[0], identity_id))
+            self._revoked_sessions[except_session] = (
+                max(spared_at[0], previous[0]),
+                spared_at[1] if spared_at[1] == identity_id else "",
+            )
         self._revoked_identities[identity_id] = (self._monotonic(), except_session)
         self._prune_tombstones()
         keys = {
@@ -299,8 +313,8 @@ class SessionCache:
     def revoked_since(self, session_id: str, identity_id: str, started: float) -> bool:
         """Was this session (or its identity) evicted at or after monotonic time `started`?
         (A `clear()` is no revocation: see `cleared_since`.)"""
-        revoked_at = self._revoked_sessions.get(session_id)
-        if revoked_at is not None and started <= revoked_at:
+        revoked = self._revoked_sessions.get(session_id)
+        if revoked is not None and started <= revoked[0] and revoked[1] in ("", identity_id):
             return True
         ident = self._revoked_identities.get(identity_id)
         return ident is not None and started <= ident[0] and session_id != ident[1]
@@ -310,7 +324,7 @@ class SessionCache:
         horizon = self._monotonic() - max(self.ttl, 60.0)
         if len(self._revoked_sessions) > 1024:
             self._revoked_sessions = {
-                k: t for k, t in self._revoked_sessions.items() if t > horizon
+                k: v for k, v in self._revoked_sessions.items() if v[0] > horizon
             }
         if len(self._revoked_identities) > 1024:
             self._revoked_identities = {
@@ -320,6 +334,10 @@ class SessionCache:
     def _session_of(self, key: bytes) -> str:
         value = self._entries.get(key)
         return value.session_id if isinstance(value, CachedSession) else ""
+
+    def _identity_of(self, key: bytes) -> str:
+        value = self._entries.get(key)
+        return value.identity_id if isinstance(value, CachedSession) else ""
 
     def _store(self, key: bytes, value: CachedSession | float) -> None:
         if key in self._entries:

@@ -117,9 +117,18 @@ class RelayHandlers:
         return answer
 
     async def revoke_one(self, call: Call) -> Answer:
+        """A user's `DELETE /sessions/{id}`. Kratos answers 204 for any session id and revokes
+        only the caller's own: the eviction is scoped to the caller's identity, so naming
+        someone else's session evicts (and refuses) nothing of theirs, here or elsewhere."""
         target = call.target_id if call.target_id not in (None, "whoami") else None
+        current = await self.caller_session(call.credential) if target else None
         rev = target and Revocation(session_id=target)
-        return await self._evicting(call, rev, self.cache.evict_session, admin=False)
+        # a caller the gate cannot resolve (an aal1 session of a 2FA identity: Kratos revokes
+        # for it, whoami refuses it) evicts unscoped: a revoked session kept would be worse
+        identity = current.identity_id if current is not None else ""
+        return await self._evicting(
+            call, rev, lambda sid: self.cache.evict_session(sid, identity), admin=False
+        )
 
     async def revoke_others(self, call: Call) -> Answer:
         current = await self.caller_session(call.credential)

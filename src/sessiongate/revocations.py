@@ -183,8 +183,9 @@ class Revocations:
             self._client = None
 
     # -- publishing: the cache's EvictionListener ------------------------------------------
-    def session_evicted(self, session_id: str) -> None:
-        self._enqueue(SESSION, session_id, "")
+    def session_evicted(self, session_id: str, identity_id: str = "") -> None:
+        # the identity (if the eviction is scoped to it) rides in the "x" field
+        self._enqueue(SESSION, session_id, identity_id)
 
     def identity_evicted(self, identity_id: str, except_session: str) -> None:
         self._enqueue(IDENTITY, identity_id, except_session)
@@ -375,7 +376,7 @@ class Revocations:
         self._applying = True
         try:
             if kind == SESSION and ident:
-                self.cache.evict_session(ident)
+                self.cache.evict_session(ident, fields.get(b"x", b"").decode())
             elif kind == IDENTITY and ident:
                 except_session = fields.get(b"x", b"").decode()
                 self.cache.evict_identity(ident, except_session=except_session)

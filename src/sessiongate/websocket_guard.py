@@ -185,11 +185,12 @@ class WebSocketGuard:
         loop.call_soon_threadsafe(callback, *args)
         return True
 
-    def session_evicted(self, session_id: str) -> None:
-        if self._elsewhere(self.session_evicted, session_id):
+    def session_evicted(self, session_id: str, identity_id: str = "") -> None:
+        if self._elsewhere(self.session_evicted, session_id, identity_id):
             return
         for watch in list(self._by_session.get(session_id, ())):
-            self._end(watch, REVOKED)
+            if not identity_id or watch.identity_id == identity_id:
+                self._end(watch, REVOKED)
 
     def identity_evicted(self, identity_id: str, except_session: str) -> None:
         if self._elsewhere(self.identity_evicted, identity_id, except_session):

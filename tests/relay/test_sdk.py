@@ -376,6 +376,24 @@ def test_revoke_one_refuses_the_revoked_session_next(stack: RelayStack) -> None:
     assert fake.count(*WHOAMI) == calls  # the caller's entry was left alone
 
 
+def test_revoking_someone_elses_session_id_evicts_nothing_of_theirs(stack: RelayStack) -> None:
+    """Kratos answers 204 to a user's DELETE /sessions/{id} of another identity's session and
+    revokes nothing (CONTRACT): the gate must not evict (nor refuse) the victim's entry."""
+    fake = stack.fake
+    mallory = fake.login("mallory@example.com")
+    bob = fake.login("bob@example.com")
+    warm(stack, token=bob.token)
+    calls = fake.count(*WHOAMI)
+    with frontend(stack) as fe:
+        for _ in range(3):
+            fe.disable_my_session(bob.id, x_session_token=mallory.token)
+    assert fake.is_session_active(bob.id)
+    mallory_whoamis = fake.count(*WHOAMI) - calls
+    assert_admitted(stack, token=bob.token)
+    # bob's entry survived: his request needed no whoami
+    assert fake.count(*WHOAMI) - calls == mallory_whoamis
+
+
 def test_revoke_others_refuses_every_other_session_next(stack: RelayStack) -> None:
     fake = stack.fake
     me = fake.login("alice@example.com")
