@@ -101,6 +101,12 @@ def test_the_path_cannot_overlap_the_decision_path():
     assert found[0].startswith("sessions_page.path: '/decisions/page' overlaps '/decisions'")
 
 
+def test_the_path_cannot_be_public():
+    """A public path carries no session: a signed-in user would be sent to log in, forever."""
+    found = problems({**ON, "SESSIONGATE_ACCESS__PUBLIC_PATHS": '["/.sessiongate/**"]'})
+    assert found[0].startswith("sessions_page.path: '/.sessiongate/sessions' is in "), found
+
+
 def test_the_return_url_is_checked_like_return_to():
     outside = {**ON, "SESSIONGATE_SESSIONS_PAGE__RETURN_URL": "https://evil.example/"}
     found = problems(outside)

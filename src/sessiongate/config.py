@@ -640,10 +640,6 @@ class SessionsPageSettings(_Section):
     def _return_url(cls, v: str | None) -> str | None:
         return None if v in (None, "") else _page_url(v)
 
-    def owns(self, path: str) -> bool:
-        """The page's path or one below it (its assets)."""
-        return path == self.path or path.startswith(self.path + "/")
-
 
 _DOMAIN_TEXT = re.compile(r"[A-Za-z0-9-]+(?:\\?\.[A-Za-z0-9-]+)+")  # example\.com, example.com
 _LABEL_BEFORE_DOT = re.compile(r"[A-Za-z0-9-]+(?=\\\.)")  # `app` in app\.(.*)example\.com
@@ -1150,10 +1146,19 @@ class Settings(_Section):
         page = self.sessions_page
         if not page.enabled:
             return
+        public = path_globs_pattern(self.access.public_paths)
+        if public is not None and public.match(page.path) is not None:
+            # a public path carries no session: the page would send everyone to log in, forever
+            raise ValueError(
+                f"sessions_page.path: {page.path!r} is in access.public_paths; the page needs "
+                f"the caller's session"
+            )
         prefix = self.sessions_api.prefix
         owned = [f"{prefix}/sessions", f"{prefix}/self-service", f"{prefix}/admin", "/health"]
         if self.forward_auth.enabled:
             owned.append(self.forward_auth.path)
+        if self.identity_token.enabled:
+            owned.append(self.identity_token.jwks_path)
         for path in owned:
             a, b = page.path + "/", path.rstrip("/") + "/"
             if a.startswith(b) or b.startswith(a):

@@ -147,6 +147,7 @@ class SessionsPage:
         self.headers = _page_headers(self.stylesheet)
 
     def owns(self, path: str) -> bool:
+        """The page's path or one below it (its stylesheet and script)."""
         return path == self.path or path.startswith(self.path + "/")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -291,7 +292,8 @@ class SessionsPage:
         if listing.total is not None:
             listing.more = listing.total > len(listing.sessions)
         else:
-            listing.more = len(others) > want
+            # without a count, a last page read full may have had more behind it
+            listing.more = len(others) > want or (len(items) == size and len(seen) >= want)
         return listing
 
     async def _logout_url(self, scope: Scope, credential: Credential | None) -> str | None:

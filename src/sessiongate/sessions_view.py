@@ -13,7 +13,7 @@ fixed list (`STATUS_TEXT`), never from the request. The stylesheet and script li
 from __future__ import annotations
 
 import html
-import re
+import unicodedata
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -64,8 +64,13 @@ _AAL = {"aal1": "one factor", "aal2": "two factors", "aal3": "three factors", "a
 
 
 # -- the device, from the user agent --------------------------------------------------------
-@lru_cache(maxsize=2048)
 def describe_device(user_agent: str) -> str:
+    """See `_describe_device`; the memo's key is bounded (a user agent is the client's)."""
+    return _describe_device(user_agent[:512])
+
+
+@lru_cache(maxsize=2048)
+def _describe_device(user_agent: str) -> str:
     """`Chrome 131 on Linux`, `Mobile Safari 17.5 on iOS 17.5 (iPhone)`; `Unknown device`.
 
     ua-parser (the maintained uap-core rules) reads the string; the result is plain text that
@@ -130,11 +135,21 @@ def newest_first(session: dict[str, Any]) -> float:
 # -- HTML -----------------------------------------------------------------------------------
 # controls and bidirectional overrides: shown as code points, so that a user agent or a
 # location cannot reorder or hide what the page says around it
-_INVISIBLE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# (Unicode's control, format and line/paragraph separator categories: bidi marks, zero-width
+# characters, the byte order mark, U+2028/2029...)
+_INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
+
+
+def _shown(char: str) -> str:
+    if unicodedata.category(char) in _INVISIBLE_CATEGORIES:
+        return f"[U+{ord(char):04X}]"
+    return char
 
 
 def escape(value: Any) -> str:
-    text = _INVISIBLE.sub(lambda m: f"[U+{ord(m.group(0)):04X}]", str(value))
+    text = str(value)
+    if not text.isprintable():  # the common case needs no walk (isprintable covers them all)
+        text = "".join(map(_shown, text))
     return html.escape(text, quote=True)
 
 

@@ -33,6 +33,10 @@ def test_escape_shows_controls_and_bidi_overrides_as_code_points() -> None:
     assert escape('<b title="x">') == "&lt;b title=&quot;x&quot;&gt;"
     assert escape("evil\u202etxt.exe\x00") == "evil[U+202E]txt.exe[U+0000]"
     assert escape("Zürich, CH") == "Zürich, CH"
+    # zero-width and other invisible format characters, the Arabic letter mark, separators
+    for char in ("\u061c", "\u200b", "\u200d", "\u2060", "\ufeff", "\u2028", "\u2029"):
+        assert escape(f"a{char}b") == f"a[U+{ord(char):04X}]b"
+    assert escape("a\u00a0b") == "a\u00a0b"  # a no-break space is shown as it is
 
 
 def _view(listing: Listing, **overrides: object) -> str:
