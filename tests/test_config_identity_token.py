@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from sessiongate.config import ConfigError, Settings, config_warnings, load_settings
+from sessiongate.config import ConfigError, Settings, load_settings
 
 
 def problems(data: dict[str, Any], tmp_path: Path) -> list[str]:
@@ -116,28 +116,3 @@ def test_source_kratos_needs_no_keys_nor_issuer() -> None:
         {"identity_token": {"enabled": True, "source": "kratos", "tokenize_as": "jwt"}}
     )
     assert settings.identity_token.tokenize_as == "jwt"
-
-
-@pytest.mark.parametrize(
-    ("header", "warned"), [("Authorization", True), ("X-Identity-Token", False)]
-)
-def test_forward_auth_with_the_token_in_authorization_is_warned_about(
-    header: str, warned: bool
-) -> None:
-    """The decision answer then carries the token in Authorization instead of naming the
-    client's Authorization for removal: a proxy that does not replace it leaks the client's
-    session token to the app."""
-    settings = Settings.model_validate(
-        {
-            "upstream": {"url": None},
-            "forward_auth": {"enabled": True, "source": "path"},
-            "identity_token": {
-                "enabled": True,
-                "source": "kratos",
-                "tokenize_as": "jwt",
-                "header": header,
-            },
-        }
-    )
-    found = [w for w in config_warnings(settings) if w.startswith("identity_token.header:")]
-    assert bool(found) is warned

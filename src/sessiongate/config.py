@@ -1400,14 +1400,6 @@ def config_warnings(settings: Settings) -> list[str]:
             "public_url: not set, so each request's Host header decides the origin used for "
             "return_to and for URLs the relay rewrites; set it to the gate's external URL"
         )
-    token = settings.identity_token
-    if settings.forward_auth.enabled and token.enabled and token.header.lower() == "authorization":
-        out.append(
-            "identity_token.header: with forward auth, the decision answer carries the token in "
-            "Authorization instead of naming the client's Authorization for removal: your proxy "
-            "must replace the request's Authorization with the answer's (README, \"Identity "
-            "token\"), or a client's Bearer session token reaches the app"
-        )
     for cidr in settings.forward_auth.trusted_callers if settings.forward_auth.enabled else ():
         if ipaddress.ip_network(cidr, strict=False).prefixlen == 0:
             out.append(
