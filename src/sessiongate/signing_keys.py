@@ -77,29 +77,24 @@ def load_keys(path: str | os.PathLike[str], signing_kid: str | None = None) -> K
     """The key set in `path`, checked; raises KeysFileError naming every problem found."""
     where = f"{KEYS_FILE}: {path}"
     try:
-        # open first, then check and read that same file (no swap between the two)
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        mode = os.stat(path).st_mode
     except OSError as exc:
         raise KeysFileError([f"{where}: cannot read it: {exc.strerror or exc}"]) from exc
-    with os.fdopen(fd, "rb") as handle:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise KeysFileError([f"{where}: not a regular file"])
-        if mode & 0o027:
-            # other users may read it, or the group may write it (and forge identities)
-            raise KeysFileError(
-                [
-                    f"{where}: mode {stat.S_IMODE(mode):04o} lets other users read it or its "
-                    f"group change it, and it holds private keys; chmod 600 it (or 640 for a "
-                    f"group the gate runs in)"
-                ]
-            )
-        try:
-            data = json.loads(handle.read().decode("utf-8"))
-        except OSError as exc:
-            raise KeysFileError([f"{where}: cannot read it: {exc.strerror or exc}"]) from exc
-        except ValueError as exc:
-            raise KeysFileError([f"{where}: not JSON: {exc}"]) from exc
+    if not stat.S_ISREG(mode):
+        raise KeysFileError([f"{where}: not a regular file"])
+    if mode & 0o007:
+        raise KeysFileError(
+            [
+                f"{where}: other users may read it (mode {stat.S_IMODE(mode):04o}) and it holds "
+                f"private keys; chmod 600 it (or 640 for a group the gate runs in)"
+            ]
+        )
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise KeysFileError([f"{where}: cannot read it: {exc.strerror or exc}"]) from exc
+    except ValueError as exc:
+        raise KeysFileError([f"{where}: not JSON: {exc}"]) from exc
     raw_keys = data.get("keys") if isinstance(data, dict) else None
     if not isinstance(raw_keys, list) or not raw_keys:
         raise KeysFileError([f'{where}: not a JWKS: expected {{"keys": [...]}} with keys in it'])
@@ -189,27 +184,15 @@ def thumbprint(jwk: dict[str, Any]) -> str:
 
 
 def write_keys_file(path: str | os.PathLike[str], jwks: dict[str, Any]) -> None:
-    """Write `jwks` to `path` atomically (a reader sees the old or the new): mode 0600 for a
-    new file; a file replaced keeps its mode (without access for others) and its group, so a
-    0640 file of the gate's group stays readable by the gate."""
+    """Write `jwks` to `path` with mode 0600, atomically (a reader sees the old or the new)."""
     target = Path(path)
-    mode, group = 0o600, -1
-    try:
-        old = os.stat(target)
-        mode, group = stat.S_IMODE(old.st_mode) & 0o740, old.st_gid
-    except FileNotFoundError:
-        pass
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        os.fchmod(fd, 0o600)  # whatever the umask, until the keys are in
+        os.fchmod(fd, 0o600)  # whatever the umask
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             json.dump(jwks, out, indent=2)
             out.write("\n")
-            out.flush()
-            if group != -1:
-                os.fchown(out.fileno(), -1, group)
-            os.fchmod(out.fileno(), mode | 0o600)
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
