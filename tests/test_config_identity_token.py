@@ -47,7 +47,7 @@ def test_defaults() -> None:
         (
             {"issuer": "https://i", "header": "X-User-Id"},
             {},
-            "identity_token.header: 'X-User-Id' is already an identity header",
+            "identity_token.header: 'X-User-Id' is already one of the gate's headers",
         ),
         ({"issuer": "https://i", "header": "Cookie"}, {}, "identity_token.header: 'Cookie'"),
         (
@@ -63,6 +63,28 @@ def test_defaults() -> None:
         ),
         ({"issuer": "https://i", "claims": {"iss": "id"}}, {}, "identity_token.claims: 'iss'"),
         ({"issuer": "https://i", "ttl": "500ms"}, {}, "identity_token.ttl: at least 1s"),
+        # the default lifetime is cache.ttl: below 1 s a token would be expired when signed
+        ({"issuer": "https://i"}, {"cache": {"ttl": 0}}, "identity_token.ttl: the token's"),
+        ({"issuer": "https://i"}, {"cache": {"ttl": "500ms"}}, "identity_token.ttl: the token's"),
+        # the gate's own headers, in any spelling
+        (
+            {"issuer": "https://i", "header": "x_user_id"},
+            {},
+            "identity_token.header: 'x_user_id' is already one of the gate's headers",
+        ),
+        (
+            {"issuer": "https://i", "header": "X-Kratos-Authenticated-Identity_Id"},
+            {},
+            "identity_token.header: 'X-Kratos-Authenticated-Identity_Id' is already",
+        ),
+        ({"issuer": "https://i", "header": "X_Session_Token"}, {}, "identity_token.header:"),
+        # hop-by-hop headers never reach the app; proxy addressing is trusted proxies' only
+        ({"issuer": "https://i", "header": "Proxy-Authorization"}, {}, "identity_token.header:"),
+        ({"issuer": "https://i", "header": "Keep_Alive"}, {}, "identity_token.header:"),
+        ({"issuer": "https://i", "header": "X-Forwarded-For"}, {}, "identity_token.header:"),
+        ({"issuer": "https://i", "header": "x_real_ip"}, {}, "identity_token.header:"),
+        ({"issuer": "https://i", "header": "Forwarded"}, {}, "identity_token.header:"),
+        ({"issuer": "https://i", "header": "X-Original-URL"}, {}, "identity_token.header:"),
         (
             {"issuer": "https://i", "tokenize_as": "jwt"},
             {},
@@ -89,6 +111,18 @@ def test_source_kratos_refuses_what_the_template_decides(tmp_path: Path, key: st
     data = {"identity_token": {"enabled": True, "source": "kratos", "tokenize_as": "t", key: value}}
     (problem,) = problems(data, tmp_path)
     assert problem.startswith(f"identity_token.{key}: only with source: gate")
+
+
+def test_an_explicit_ttl_lifts_a_short_cache_ttl() -> None:
+    settings = Settings.model_validate(
+        {
+            "public_url": "https://gate.example.test",
+            "upstream": {"url": "http://app.internal:8080"},
+            "cache": {"ttl": 0},
+            "identity_token": {"enabled": True, "keys_file": "k.json", "ttl": "30s"},
+        }
+    )
+    assert settings.token_ttl == 30.0
 
 
 def test_source_kratos_needs_no_keys_nor_issuer() -> None:

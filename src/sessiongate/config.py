@@ -72,6 +72,57 @@ _RESERVED_HEADERS = {
 }
 
 
+# Request headers proxy.py treats specially (they live here, below it, so that settings can
+# refuse them as a header the gate sets):
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+    }
+)
+_FORWARDED = frozenset(
+    {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded", b"x-real-ip"}
+)
+# Headers some servers and frameworks honour to rewrite the path, scheme, host or client
+# address (IIS/Symfony X-Original-URL, Spring X-Forwarded-Prefix, Akamai True-Client-IP...):
+# passed on only from `forwarded.trusted_proxies`, like X-Forwarded-*.
+_ROUTING = frozenset(
+    {
+        b"x-original-url",
+        b"x-original-uri",
+        b"x-rewrite-url",
+        b"x-forwarded-prefix",
+        b"x-forwarded-port",
+        b"x-forwarded-scheme",
+        b"x-forwarded-server",
+        b"x-forwarded-ssl",
+        b"x-forwarded-uri",
+        b"x-forwarded-path",
+        b"x-forwarded",
+        b"forwarded-for",
+        b"x-url-scheme",
+        b"front-end-https",
+        b"true-client-ip",
+        b"x-client-ip",
+        b"x-cluster-client-ip",
+        b"cf-connecting-ip",
+        b"fastly-client-ip",
+        b"x-host",
+        b"x-original-host",
+        b"x-http-host-override",
+    }
+)
+#: Passed on to the app only from `forwarded.trusted_proxies` (proxy.py)
+TRUSTED_PROXY_HEADERS = _FORWARDED | _ROUTING
+
+
 def parse_duration(value: Any) -> float:
     """Seconds from a number or a string such as `90`, `30s`, `5m`, `1h`, `250ms`."""
     if isinstance(value, bool):
@@ -785,8 +836,16 @@ class IdentityToken(_Section):
     def _header(cls, v: str) -> str:
         if not _HEADER_NAME.match(v):
             raise ValueError(f"invalid header name {v!r}")
-        if v.lower() in _RESERVED_HEADERS - _TOKEN_HEADER_OK:
+        name = v.lower().replace("_", "-")  # as the gate strips it: any case, `_` for `-`
+        if name in _RESERVED_HEADERS - _TOKEN_HEADER_OK:
             raise ValueError(f"{v!r} cannot carry the identity token")
+        if name.encode() in HOP_BY_HOP:
+            raise ValueError(f"{v!r} is a hop-by-hop header: it never reaches the app")
+        if name.encode() in TRUSTED_PROXY_HEADERS:
+            raise ValueError(
+                f"{v!r} is a header the gate passes on only from forwarded.trusted_proxies "
+                f"(proxy addressing): pick a name of the token's own, e.g. X-Identity-Token"
+            )
         return v
 
     @field_validator("issuer", "audience", "tokenize_as", "keys_file", "signing_kid")
@@ -1086,16 +1145,20 @@ class Settings(_Section):
         if not token.enabled:
             return
         header = token.header.lower().replace("_", "-")
-        owned = {n.lower().replace("_", "-") for n in self.identity_headers}
-        if self.session_header:
-            owned.add(self.session_header.lower().replace("_", "-"))
-        if header in owned:
+        if header in self._identity_header_names():
             raise ValueError(
-                f"identity_token.header: {token.header!r} is already an identity header "
-                f"(identity_headers or session_header)"
+                f"identity_token.header: {token.header!r} is already one of the gate's headers "
+                f"(identity_headers, session_header, X-Kratos-Authenticated-Identity-Id)"
             )
         if token.source != "gate":
             return
+        if self.token_ttl < 1:
+            # cache.ttl below 1 s (0: no cache): a token would be expired when signed
+            raise ValueError(
+                f"identity_token.ttl: the token's lifetime defaults to cache.ttl "
+                f"({self.cache.ttl:g}s), less than 1s (a token's times are whole seconds): "
+                f"set identity_token.ttl (at least 1s)"
+            )
         if token.issuer is None and self.public_url is None:
             raise ValueError(
                 "identity_token.issuer: required unless public_url is set (then it defaults to "
@@ -1194,12 +1257,17 @@ class Settings(_Section):
                 f"Kratos' login (ory.public_url + {LOGIN_PATH}, the default) or make it public"
             )
 
-    def spoofable_headers(self) -> frozenset[str]:
-        """Canonical names (lower case, `_` as `-`) the gate owns and clients must not send."""
+    def _identity_header_names(self) -> set[str]:
+        """Canonical names of the identity headers the gate sets (the token's aside)."""
         names = {n.lower().replace("_", "-") for n in self.identity_headers}
         if self.session_header:
             names.add(self.session_header.lower().replace("_", "-"))
         names.add("x-kratos-authenticated-identity-id")
+        return names
+
+    def spoofable_headers(self) -> frozenset[str]:
+        """Canonical names (lower case, `_` as `-`) the gate owns and clients must not send."""
+        names = self._identity_header_names()
         if self.identity_token.enabled:  # the client's copy never reaches the app, any path
             names.add(self.identity_token.header.lower().replace("_", "-"))
         return frozenset(names)
