@@ -195,10 +195,12 @@ class IdentityTokens:
     # -- per request ------------------------------------------------------------------------
     def attach(self, entry: CachedSession) -> Header | None:
         """The token header for this session: the one kept on the entry while it is fresh,
-        else a new one (signed, or read from Kratos' answer); None: no token (answer 503)."""
-        token = entry.token
-        if token is not None and self._monotonic() < entry.token_renew:
-            return token
+        else a new one (signed, or read from Kratos' answer); None: no token (answer 503).
+
+        Made on the first request that needs it (never for a session only the relay looked
+        up), then kept: a cache hit costs this comparison."""
+        if self._monotonic() < entry.token_renew:
+            return entry.token  # None: no token until the entry dies (fail closed)
         try:
             session = entry.parsed if entry.parsed is not None else json.loads(entry.body)
         except ValueError:
@@ -207,27 +209,38 @@ class IdentityTokens:
 
     # -- per session ------------------------------------------------------------------------
     def from_session(self, entry: CachedSession, session: dict[str, Any]) -> Header | None:
-        """Give `entry` its token from its session JSON (at whoami time, or when it is due).
-        For `source: kratos`, None when Kratos' answer carries no token, or an expired one."""
+        """Give `entry` its token from its session JSON (when it is first or again due).
+        None, kept on the entry for good, when there is none to give: Kratos' answer carries
+        no token (or an expired one), or the session ends within the current second."""
         if self.source == "kratos":
             found = kratos_token(session)
             left = found[1] - self._wall() if found is not None else 0.0
             if found is None or left <= 0:
-                entry.token = None
-                return None
-            value = found[0].encode("ascii", "replace")
+                return self._none(entry)
+            value = found[0].encode("ascii")
             renew = self._monotonic() + left  # never: the entry dies at exp (authenticate.py)
         else:
-            value, renew = self._sign(entry, session)
+            signed = self._sign(entry, session)
+            if signed is None:
+                return self._none(entry)
+            value, renew = signed
         header = (self.name, b"Bearer " + value if self.bearer else value)
         entry.token, entry.token_renew = header, renew
         return header
 
-    def _sign(self, entry: CachedSession, session: dict[str, Any]) -> tuple[bytes, float]:
+    @staticmethod
+    def _none(entry: CachedSession) -> None:
+        entry.token, entry.token_renew = None, math.inf
+        return None
+
+    def _sign(self, entry: CachedSession, session: dict[str, Any]) -> tuple[bytes, float] | None:
         now = self._wall()
         mono = self._monotonic()
         iat = math.floor(now)
-        exp = math.floor(min(now + self.ttl, entry.expires_at))
+        end = math.floor(entry.expires_at)  # exp is whole seconds, never past the session
+        if end <= now:
+            return None  # a token would be expired when signed: none (the entry dies soon)
+        exp = min(math.floor(now + self.ttl), end)
         claims: dict[str, Any] = {}
         for name, path in self.claims:
             value = claim_value(session, path)
@@ -247,6 +260,8 @@ class IdentityTokens:
         signing = self.keys.signing
         token = jwt.encode(claims, signing.private, algorithm=signing.alg, headers=self._headers)
         self.minted += 1
-        # signed again by the first request in the last tenth of its lifetime
-        renew = mono + max(0.0, (exp - now) * RENEW_AFTER)
+        # signed again by the first request in the last tenth of its lifetime; capped by the
+        # session, a renewal could not extend it: kept until its exp, then no token (the entry
+        # dies with the session a moment later)
+        renew = mono + (exp - now if exp == end else max(0.0, (exp - now) * RENEW_AFTER))
         return token.encode("ascii"), renew

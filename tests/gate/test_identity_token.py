@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import re
 import shutil
@@ -22,10 +23,16 @@ from gate_stack import Stack, settings_for
 
 from apps import EchoApp
 from redis_servers import RedisServers, redis_servers  # noqa: F401
+from sessiongate.cache import CachedSession
 from sessiongate.gate import Gate
-from sessiongate.identity_token import JWKS_MAX_AGE, claim_value, without_tokenized
+from sessiongate.identity_token import (
+    JWKS_MAX_AGE,
+    IdentityTokens,
+    claim_value,
+    without_tokenized,
+)
 from sessiongate.middleware import SessionGateMiddleware
-from sessiongate.signing_keys import new_private_jwk, write_keys_file
+from sessiongate.signing_keys import load_keys, new_private_jwk, write_keys_file
 from sessiongate.testing import TokenizeTemplate, UvicornThread
 
 JS = Path(__file__).resolve().parents[1] / "js"
@@ -213,11 +220,100 @@ async def test_the_token_never_outlives_the_session(
     stack = make_stack(
         identity_token=token_settings(keys_file(tmp_path, new_private_jwk()), ttl="1h")
     )
+    tokens = stack.gate.gatekeeper.tokens
+    assert tokens is not None
     alice = stack.fake.login("alice@example.com", expires_in=timedelta(seconds=30))
+    expires_at = stack.fake.store.sessions[alice.id].expires_at.timestamp()
     async with stack.client() as c:
-        assert (await c.get("/x", headers={"X-Session-Token": alice.token})).status_code == 200
+        for _ in range(5):
+            r = await c.get("/x", headers={"X-Session-Token": alice.token})
+            assert r.status_code == 200
+    assert {bearer_of(stack.app, i) for i in range(5)} == {bearer_of(stack.app)}
     claims = jwt.decode(bearer_of(stack.app), options={"verify_signature": False})
-    assert claims["exp"] <= time.time() + 30
+    assert claims["exp"] == math.floor(expires_at)  # capped by the session, not now + 1h
+    assert tokens.minted == 1  # a capped token is not signed again
+
+
+class Clocks:
+    """A wall clock and a monotonic one that move together (tests move them)."""
+
+    def __init__(self, wall: float) -> None:
+        self.start = wall
+        self.now, self.mono = wall, 1000.0
+
+    def wall(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        self.mono += seconds
+
+    def at(self, since_start: float) -> None:
+        self.now, self.mono = self.start + since_start, 1000.0 + since_start
+
+
+def signer(tmp_path: Path, clocks: Clocks, ttl: float = 60.0) -> IdentityTokens:
+    return IdentityTokens(
+        header="Authorization",
+        source="gate",
+        issuer=ISSUER,
+        audience="urn:app",
+        ttl=ttl,
+        keys=load_keys(keys_file(tmp_path, new_private_jwk())),
+        monotonic=clocks.monotonic,
+        wall=clocks.wall,
+    )
+
+
+def session_entry(expires_at: float) -> CachedSession:
+    body = {"id": "s1", "identity": {"id": "i1", "traits": {"email": "a@example.test"}}}
+    return CachedSession.of("s1", "i1", expires_at, json.dumps(body).encode())
+
+
+def test_a_sessions_last_seconds_sign_once_then_give_no_token(tmp_path: Path) -> None:
+    """A token capped at the session's expires_at cannot be extended by signing again: it is
+    kept until its exp, then there is no token (503), never a signature per request."""
+    clocks = Clocks(wall=1_700_000_000.2)
+    tokens = signer(tmp_path, clocks)
+    entry = session_entry(expires_at=1_700_000_030.5)
+    first = tokens.attach(entry)
+    assert first is not None
+    claims = jwt.decode(first[1].split()[1], options={"verify_signature": False})
+    assert (claims["iat"], claims["exp"]) == (1_700_000_000, 1_700_000_030)
+    for step in range(1, 2980):  # 100 requests a second until just before exp
+        clocks.at(step / 100)
+        assert tokens.attach(entry) == first
+    assert tokens.minted == 1
+    for step in range(2980, 3030):  # the session's last 0.5 s: past exp, no token, no signing
+        clocks.at(step / 100)
+        assert tokens.attach(entry) is None
+    assert tokens.minted == 1
+
+
+def test_a_session_in_its_last_second_gets_no_token(tmp_path: Path) -> None:
+    clocks = Clocks(wall=1_700_000_030.2)
+    tokens = signer(tmp_path, clocks)
+    entry = session_entry(expires_at=1_700_000_030.9)  # floor(expires_at) already past
+    assert tokens.attach(entry) is None
+    assert tokens.attach(entry) is None
+    assert tokens.minted == 0
+
+
+def test_an_uncapped_token_is_signed_again_in_its_last_tenth(tmp_path: Path) -> None:
+    clocks = Clocks(wall=1_700_000_000.0)
+    tokens = signer(tmp_path, clocks, ttl=10)
+    entry = session_entry(expires_at=1_700_003_600.0)
+    first = tokens.attach(entry)
+    clocks.advance(8.9)
+    assert tokens.attach(entry) == first
+    clocks.advance(0.2)
+    second = tokens.attach(entry)
+    assert second is not None
+    assert second != first
+    assert tokens.minted == 2
 
 
 async def test_spoofed_authorization_never_reaches_the_app(
