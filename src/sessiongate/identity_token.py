@@ -4,9 +4,11 @@
 `CachedSession`, so a cache hit costs one comparison, never a signature:
 
 * `source: gate`: the gate signs the token with `identity_token.keys_file`'s signing key
-  (signing_keys.py) when the session is first validated, and signs a new one only once the
-  request comes in the last tenth of the token's lifetime (as Oathkeeper's id_token mutator).
-  `exp` is now + `ttl`, never past the session's `expires_at`; the claims are `iss`, `aud`,
+  (signing_keys.py) for the first request of a cached session that passes (never for a session
+  only the relay looked up), and signs a new one only once a request comes in the last tenth
+  of the token's lifetime (as Oathkeeper's id_token mutator). `exp` is now + `ttl`, never past
+  the session's `expires_at` (such a token is kept until its exp, then there is none: the
+  session ends within the second); the claims are `iss`, `aud`,
   `iat`, `nbf`, `exp`, `jti` and the `claims` mapping's dot paths into the session (`*` takes
   every item of a list: `authentication_methods.*.method` gives `amr`).
 * `source: kratos`: whoami is asked with `tokenize_as`, and the JWT Kratos puts in `tokenized`

@@ -316,6 +316,45 @@ def test_an_uncapped_token_is_signed_again_in_its_last_tenth(tmp_path: Path) -> 
     assert tokens.minted == 2
 
 
+async def test_the_relays_whoami_signs_nothing_and_the_gate_signs_once_from_its_cache(
+    make_stack: Callable[..., Stack], tmp_path: Path
+) -> None:
+    stack = make_stack(identity_token=token_settings(keys_file(tmp_path, new_private_jwk())))
+    tokens = stack.gate.gatekeeper.tokens
+    assert tokens is not None
+    alice = stack.fake.login("alice@example.com")
+    auth = {"X-Session-Token": alice.token}
+    async with stack.client() as c:
+        r = await c.get("/sessions/whoami", headers=auth)  # the client's own whoami, relayed
+        assert r.status_code == 200
+        assert tokens.minted == 0  # cached, but nobody needs a token yet
+        whoami = stack.fake.count("GET", "/sessions/whoami")
+        for _ in range(3):
+            assert (await c.get("/x", headers=auth)).status_code == 200
+        assert stack.fake.count("GET", "/sessions/whoami") == whoami  # the relay's cache entry
+    assert tokens.minted == 1
+    audience = stack.upstream_server.url.rstrip("/")
+    assert pyjwt_verify(stack.url + JWKS, bearer_of(stack.app), audience)["sid"] == alice.id
+
+
+async def test_with_kratos_tokens_the_relays_whoami_is_not_cached_without_one(
+    make_stack: Callable[..., Stack],
+) -> None:
+    """The client's whoami asks no tokenize_as: its answer has no token to keep, so it is not
+    cached (a cached entry without a token would be 503 for the gate)."""
+    stack = make_stack(identity_token={"enabled": True, "source": "kratos", "tokenize_as": "jwt"})
+    alice = stack.fake.login("alice@example.com")
+    auth = {"X-Session-Token": alice.token}
+    async with stack.client() as c:
+        r = await c.get("/sessions/whoami", headers=auth)
+        assert r.status_code == 200
+        assert "tokenized" not in r.json()
+        r = await c.get("/x", headers=auth)
+        assert r.status_code == 200  # the gate's own whoami, with tokenize_as
+    (value,) = app_headers(stack.app, "authorization")
+    assert value.startswith("Bearer ey")
+
+
 async def test_spoofed_authorization_never_reaches_the_app(
     make_stack: Callable[..., Stack], tmp_path: Path
 ) -> None:
