@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -49,6 +50,8 @@ JWKS_MAX_AGE = 300
 #: A token is signed again once this fraction of its lifetime has passed (Oathkeeper's rule).
 RENEW_AFTER = 0.9
 Header = tuple[bytes, bytes]
+#: A compact JWS: three base64url segments, no padding, nothing else (RFC 7515 section 7.1)
+_COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 
 
 def claim_value(session: Any, path: tuple[str, ...]) -> Any:
@@ -71,10 +74,12 @@ def kratos_token(session: Any) -> tuple[str, float] | None:
     """The JWT Kratos put in whoami's `tokenized`, with its `exp`; None if there is none.
 
     Its signature is Kratos' business and the app's (whoami's answer is trusted as a whole):
-    the gate only reads `exp`, to keep the token no longer than it is valid."""
+    the gate only checks its form (it goes into a header) and reads `exp`, to keep the token
+    no longer than it is valid. That `exp` is the template's `ttl` after whoami, which Kratos
+    does not cap at the session's `expires_at` (README, "Kratos' own tokenizer")."""
     token = session.get("tokenized") if isinstance(session, dict) else None
-    if not isinstance(token, str) or not token:
-        return None
+    if not isinstance(token, str) or _COMPACT_JWS.fullmatch(token) is None:
+        return None  # it goes into a header: nothing but a compact JWS (a refused template)
     try:
         exp = jwt.decode(token, options={"verify_signature": False}).get("exp")
     except jwt.PyJWTError:

@@ -29,6 +29,7 @@ from sessiongate.identity_token import (
     JWKS_MAX_AGE,
     IdentityTokens,
     claim_value,
+    kratos_token,
     without_tokenized,
 )
 from sessiongate.middleware import SessionGateMiddleware
@@ -680,6 +681,26 @@ def test_claim_paths_take_every_item_of_a_list() -> None:
     assert claim_value(session, ("identity", "traits", "groups", "*", "name")) == ["a", "b"]
     assert claim_value(session, ("identity", "*")) is None  # not a list
     assert claim_value(session, ("identity", "traits", "missing")) is None
+
+
+def test_only_a_compact_jws_from_kratos_goes_into_a_header() -> None:
+    exp = int(time.time()) + 60
+    good = jwt.encode({"exp": exp}, "k" * 40, algorithm="HS256")
+    assert kratos_token({"tokenized": good}) == (good, float(exp))
+    tokens = IdentityTokens(header="Authorization", source="kratos")
+    for bad in [
+        good + "=",  # padding: PyJWT reads it, a header would carry it
+        good + "\r\nX-User-Id: admin",
+        good + " x",
+        good.replace(".", "..", 1),
+        good.rsplit(".", 1)[0],
+        "é" + good,
+        "",
+    ]:
+        assert kratos_token({"tokenized": bad}) is None, bad
+        body = json.dumps({"id": "s1", "identity": {"id": "i1"}, "tokenized": bad}).encode()
+        entry = CachedSession.of("s1", "i1", time.time() + 600, body)
+        assert tokens.attach(entry) is None  # no token: the gate answers 503
 
 
 def test_without_tokenized_keeps_kratos_bytes() -> None:
