@@ -220,10 +220,12 @@ def _keys_generate(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     jwks: dict = {"keys": []}
+    like = None
     if args.add:
         try:
             load_keys(out)  # the file must be sound before a key is added to it
             jwks = json.loads(out.read_text(encoding="utf-8"))
+            like = out.stat()  # the new file keeps its mode, owner and group
         except KeysFileError as exc:
             for problem in exc.problems:
                 print(
@@ -239,7 +241,7 @@ def _keys_generate(args: argparse.Namespace) -> int:
     key = new_private_jwk(args.alg)
     jwks["keys"].append(key)
     try:
-        write_keys_file(out, jwks)
+        write_keys_file(out, jwks, like=like)
     except OSError as exc:
         print(f"error: cannot write {out}: {exc.strerror or exc}", file=sys.stderr)
         return 2
