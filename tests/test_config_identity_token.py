@@ -130,3 +130,28 @@ def test_source_kratos_needs_no_keys_nor_issuer() -> None:
         {"identity_token": {"enabled": True, "source": "kratos", "tokenize_as": "jwt"}}
     )
     assert settings.identity_token.tokenize_as == "jwt"
+
+
+def test_forward_auth_through_envoy_is_warned_about_a_token_in_authorization() -> None:
+    from sessiongate.config import config_warnings
+
+    def settings(source: str, header: str) -> Settings:
+        return Settings.model_validate(
+            {
+                "public_url": "https://gate.example.test",
+                "forward_auth": {"enabled": True, "source": source},
+                "identity_token": {
+                    "enabled": True,
+                    "keys_file": "k.json",
+                    "audience": "urn:app",
+                    "header": header,
+                },
+            }
+        )
+
+    def warned(s: Settings) -> bool:
+        return any(w.startswith("identity_token.header: ") for w in config_warnings(s))
+
+    assert warned(settings("path", "Authorization"))
+    assert not warned(settings("path", "X-Identity-Token"))
+    assert not warned(settings("forwarded", "Authorization"))  # nginx, Traefik, Caddy

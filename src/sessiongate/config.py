@@ -1460,6 +1460,21 @@ def config_warnings(settings: Settings) -> list[str]:
             f"after a restart) is refused. Set it (>= {SECRET_MIN_BYTES} bytes, the same "
             f"everywhere) to run more than one"
         )
+    token = settings.identity_token
+    if (
+        token.enabled
+        and settings.forward_auth.enabled
+        and settings.forward_auth.source == "path"
+        and token.header.lower() == "authorization"
+    ):
+        out.append(
+            "identity_token.header: Authorization with forward auth: each decision names "
+            "authorization in x-envoy-auth-headers-to-remove (the client's Ory credential must "
+            "not reach the app), and Envoy removes those after it sets the answer's headers, so "
+            "behind Envoy the token never reaches the app; set identity_token.header to a name "
+            "of its own (e.g. X-Identity-Token) and list it in allowed_upstream_headers "
+            '(README, "Identity token")'
+        )
     for glob in settings.access.public_paths:
         if glob.endswith("/*"):
             out.append(

@@ -652,8 +652,21 @@ async def test_a_decision_answer_carries_the_token_for_the_proxy_to_copy(
         scheme, token = r.headers["authorization"].split(" ")
         assert scheme == "Bearer"
         assert pyjwt_verify(stack.url + JWKS, token, audience)["sid"] == alice.id
-        # the proxy overwrites the client's Authorization with this one: not to be removed
-        assert "authorization" not in r.headers["x-envoy-auth-headers-to-remove"].split(",")
+        # the client's Authorization (here the Ory session token) is named for removal even
+        # so: a proxy that does not copy the answer's Authorization must not pass it on
+        assert "authorization" in r.headers["x-envoy-auth-headers-to-remove"].split(",")
+        # ... whatever the client's scheme
+        r = await c.get(
+            "/decisions",
+            headers=[
+                *forwarded("/cart"),
+                ("X-Session-Token", alice.token),
+                ("Authorization", "Basic eDp5"),
+            ],
+        )
+        assert r.status_code == 200
+        assert r.headers["authorization"].startswith("Bearer ")
+        assert "authorization" in r.headers["x-envoy-auth-headers-to-remove"].split(",")
         # a public path: no token, and every client Authorization is to be removed
         r = await c.get(
             "/decisions", headers=[*forwarded("/public/x"), ("Authorization", "Basic eDp5")]
@@ -661,6 +674,24 @@ async def test_a_decision_answer_carries_the_token_for_the_proxy_to_copy(
         assert r.status_code == 200
         assert "authorization" not in r.headers
         assert "authorization" in r.headers["x-envoy-auth-headers-to-remove"].split(",")
+
+
+async def test_a_decision_names_authorization_even_without_credential_stripping(
+    make_stack: Callable[..., Stack], tmp_path: Path
+) -> None:
+    stack = make_stack(
+        identity_token=token_settings(keys_file(tmp_path, new_private_jwk())),
+        forward_auth={"enabled": True, "source": "forwarded"},
+        upstream={"strip_credentials": False},
+    )
+    alice = stack.fake.login("alice@example.com")
+    async with stack.client() as c:
+        r = await c.get(
+            "/decisions",
+            headers=[*forwarded("/cart"), ("Authorization", f"Bearer {alice.token}")],
+        )
+    assert r.status_code == 200
+    assert "authorization" in r.headers["x-envoy-auth-headers-to-remove"].split(",")
 
 
 # -- pieces ---------------------------------------------------------------------------------
