@@ -24,10 +24,11 @@ here, whatever its method, and never proxied. What it owns:
   cookies (what the app may see), and `x-envoy-auth-headers-to-remove` naming the credential
   headers and every identity header this answer does not set (so neither the Ory token nor a
   client's own identity header reaches the app); with the identity token in Authorization,
-  `authorization` on every answer (the proxy sets the answer's after its removals). Denied → as proxy mode: 401 (403 for aal2)
-  in Kratos' envelope, a 303 to the login page for a browser navigation, 503 + Retry-After when
-  Kratos is down; with `deny_browsers: header` the browser gets 401 with the login URL in
-  `X-Sessiongate-Login` instead (nginx's `auth_request` turns a 3xx into 500).
+  `authorization` on every answer (the proxy sets the answer's after its removals). Denied →
+  as proxy mode: 401 (403 for aal2) in Kratos' envelope, a 303 to the login page for a
+  browser navigation, 503 + Retry-After when Kratos is down; with `deny_browsers: header` the
+  browser gets 401 with the login URL in `X-Sessiongate-Login` instead (nginx's
+  `auth_request` turns a 3xx into 500).
 """
 
 from __future__ import annotations
