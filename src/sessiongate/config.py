@@ -1475,6 +1475,17 @@ def config_warnings(settings: Settings) -> list[str]:
             "of its own (e.g. X-Identity-Token) and list it in allowed_upstream_headers "
             '(README, "Identity token")'
         )
+    if (
+        token.enabled
+        and token.source == "kratos"
+        and settings.shared.enabled
+        and settings.shared.cache_sessions
+    ):
+        out.append(
+            "shared.cache_sessions: with identity_token.source: kratos sessions are not shared "
+            "through Redis (Kratos' token is a bearer credential for the app and stays out of "
+            "it): each process asks whoami once per session; revocations are still shared"
+        )
     for glob in settings.access.public_paths:
         if glob.endswith("/*"):
             out.append(

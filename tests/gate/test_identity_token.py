@@ -760,25 +760,18 @@ async def test_a_websocket_to_the_app_carries_the_token(
 
 
 # -- the shared mode: an entry from Redis gets its token too ------------------------------------
-@pytest.mark.parametrize("source", ["gate", "kratos"])
 async def test_a_session_from_redis_gets_its_token_without_whoami(
     make_stack: Callable[..., Stack],
     gate_on: Callable[..., str],
     redis_servers: RedisServers,  # noqa: F811
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
-    source: str,
 ) -> None:
     monkeypatch.setenv("SESSIONGATE_SECRET", "identity-token-test-secret-0123456789abcdef")
     redis = redis_servers.start()
-    if source == "gate":
-        token: dict[str, Any] = token_settings(keys_file(tmp_path, new_private_jwk()))
-        fake_options: dict[str, Any] = {}
-    else:
-        token = {"enabled": True, "source": "kratos", "tokenize_as": "app"}
-        fake_options = {"tokenize_templates": {"app": TokenizeTemplate(ttl=timedelta(seconds=30))}}
+    token = token_settings(keys_file(tmp_path, new_private_jwk()))
     shared = {"redis_url": redis.url}
-    stack = make_stack(fake_options, identity_token=token, shared=shared)
+    stack = make_stack(identity_token=token, shared=shared)
     other = gate_on(stack, identity_token=token, shared=shared)
     alice = stack.fake.login("alice@example.com")
     auth = {"X-Session-Token": alice.token}
@@ -789,8 +782,62 @@ async def test_a_session_from_redis_gets_its_token_without_whoami(
         assert (await c.get(other + "/x", headers=auth)).status_code == 200
         assert stack.fake.count("GET", "/sessions/whoami") == whoami  # from Redis
     second = bearer_of(stack.app)
-    if source == "kratos":
-        assert second == first  # Kratos' own token, carried in the shared entry
-    else:
-        audience = stack.upstream_server.url.rstrip("/")
-        assert pyjwt_verify(other + JWKS, second, audience)["sid"] == alice.id
+    assert second != first  # signed by the process that read the session
+    assert await redis_values_without(redis.url, first.encode())
+    audience = stack.upstream_server.url.rstrip("/")
+    assert pyjwt_verify(other + JWKS, second, audience)["sid"] == alice.id
+
+
+async def test_kratos_tokens_never_go_to_redis(
+    make_stack: Callable[..., Stack],
+    gate_on: Callable[..., str],
+    redis_servers: RedisServers,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Kratos' token is a bearer credential for the app: a session with one is not shared
+    through Redis; each process asks whoami (with tokenize_as) for its own."""
+    monkeypatch.setenv("SESSIONGATE_SECRET", "identity-token-test-secret-0123456789abcdef")
+    redis = redis_servers.start()
+    token = {"enabled": True, "source": "kratos", "tokenize_as": "app"}
+    fake_options = {"tokenize_templates": {"app": TokenizeTemplate(ttl=timedelta(seconds=30))}}
+    shared = {"redis_url": redis.url}
+    stack = make_stack(fake_options, identity_token=token, shared=shared)
+    other = gate_on(stack, identity_token=token, shared=shared)
+    alice = stack.fake.login("alice@example.com")
+    auth = {"X-Session-Token": alice.token}
+    async with httpx.AsyncClient(timeout=10) as c:
+        assert (await c.get(stack.url + "/x", headers=auth)).status_code == 200
+        first = bearer_of(stack.app)
+        whoami = stack.fake.count("GET", "/sessions/whoami")
+        assert (await c.get(other + "/x", headers=auth)).status_code == 200
+        assert stack.fake.count("GET", "/sessions/whoami") == whoami + 1  # its own whoami
+        assert (await c.get(other + "/x", headers=auth)).status_code == 200
+        assert stack.fake.count("GET", "/sessions/whoami") == whoami + 1  # then its cache
+    assert bearer_of(stack.app).count(".") == 2
+    assert await redis_values_without(redis.url, first.encode())
+
+
+async def redis_values_without(url: str, needle: bytes) -> bool:
+    """No string value in Redis holds `needle` (entries are deflated: look inflated too)."""
+    import zlib
+
+    import redis.asyncio as aioredis
+
+    from sessiongate.cache import _KRATOS_WORDS
+
+    client = aioredis.from_url(url)
+    try:
+        async for name in client.scan_iter(count=1000):
+            if await client.type(name) != b"string":
+                continue
+            value = await client.get(name) or b""
+            assert needle not in value
+            for at in range(len(value)):  # the deflated body starts somewhere in the entry
+                try:
+                    inflated = zlib.decompressobj(-15, zdict=_KRATOS_WORDS).decompress(value[at:])
+                except zlib.error:
+                    continue
+                assert needle not in inflated
+    finally:
+        await client.aclose()
+    return True
