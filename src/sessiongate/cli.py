@@ -145,20 +145,13 @@ async def _online_problems(
     with a session token of a test user (`--session-token-env`)."""
     import json
 
-    from sessiongate.config import ory_api_key
     from sessiongate.credentials import Credential
-    from sessiongate.identity_token import kratos_token, tokenize_template
+    from sessiongate.identity_token import kratos_token
     from sessiongate.kratos import KratosClient, KratosUnavailable
 
     ory = settings.ory
-    template = tokenize_template(settings)
-    kratos = KratosClient(
-        ory.public_url,
-        ory.admin_base,
-        timeout=ory.timeout,
-        api_key=ory_api_key(),
-        tokenize_as=template,
-    )
+    template = settings.whoami_tokenize_as
+    kratos = KratosClient.from_settings(settings)
     problems: list[str] = []
     notes: list[str] = []
     try:

@@ -1196,6 +1196,12 @@ class Settings(_Section):
         return origin_of(self.upstream.url) if self.upstream.url else ""
 
     @property
+    def whoami_tokenize_as(self) -> str | None:
+        """The tokenizer template every whoami asks Kratos for (identity_token source kratos)."""
+        token = self.identity_token
+        return token.tokenize_as if token.enabled and token.source == "kratos" else None
+
+    @property
     def token_ttl(self) -> float:
         """The identity token's lifetime (before the session's own expiry caps it)."""
         ttl = self.identity_token.ttl

@@ -34,19 +34,14 @@ from collections.abc import Callable
 from typing import Any
 
 import jwt
-from starlette.types import Scope, Send
 
 from sessiongate.cache import CachedSession
 from sessiongate.config import Settings
 from sessiongate.identity_headers import lookup
-from sessiongate.responses import send_error
 from sessiongate.signing_keys import KeySet, load_keys
 
 log = logging.getLogger("sessiongate.identity_token")
 
-#: A JWKS answer's `Cache-Control: max-age` (seconds): how long a rotation waits between
-#: publishing a new key and signing with it (README, "Rotating the keys").
-JWKS_MAX_AGE = 300
 #: A token is signed again once this fraction of its lifetime has passed (Oathkeeper's rule).
 RENEW_AFTER = 0.9
 Header = tuple[bytes, bytes]
@@ -108,12 +103,6 @@ def without_tokenized(body: bytes) -> bytes:
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def tokenize_template(settings: Settings) -> str | None:
-    """The tokenizer template every whoami asks Kratos for (source kratos), else None."""
-    token = settings.identity_token
-    return token.tokenize_as if token.enabled and token.source == "kratos" else None
-
-
 class IdentityTokens:
     """Compiled once from settings; `attach` runs per admitted request (a comparison)."""
 
@@ -143,7 +132,7 @@ class IdentityTokens:
         if source == "gate":
             assert keys is not None, "source gate signs with keys"
             self._headers = {"kid": keys.signing.kid, "typ": "JWT"}
-        # the JWKS answer, built once: the public keys never change while the gate runs
+        # the JWKS answer's body (jwks_endpoint.py), built once: the keys never change
         self.jwks_body = (
             json.dumps(keys.public_jwks(), separators=(",", ":")).encode() if keys else b""
         )
@@ -167,37 +156,6 @@ class IdentityTokens:
             claims=token.claims,
             keys=keys,
         )
-
-    @property
-    def serves_jwks(self) -> bool:
-        """The gate publishes the public keys (source gate; Kratos publishes its own)."""
-        return bool(self.jwks_body)
-
-    async def send_jwks(self, scope: Scope, send: Send) -> None:
-        """The JWKS answer: public keys only, cacheable for JWKS_MAX_AGE, no session needed."""
-        method = scope.get("method", "GET")
-        if method not in ("GET", "HEAD"):
-            await send_error(
-                send,
-                405,
-                reason="The key set is read with GET.",
-                headers=[(b"allow", b"GET, HEAD")],
-                head=False,
-            )
-            return
-        body = self.jwks_body
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"cache-control", b"public, max-age=%d" % JWKS_MAX_AGE),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
 
     # -- per request ------------------------------------------------------------------------
     def attach(self, entry: CachedSession) -> Header | None:

@@ -26,12 +26,12 @@ from redis_servers import RedisServers, redis_servers  # noqa: F401
 from sessiongate.cache import CachedSession
 from sessiongate.gate import Gate
 from sessiongate.identity_token import (
-    JWKS_MAX_AGE,
     IdentityTokens,
     claim_value,
     kratos_token,
     without_tokenized,
 )
+from sessiongate.jwks_endpoint import JWKS_MAX_AGE
 from sessiongate.middleware import SessionGateMiddleware
 from sessiongate.signing_keys import load_keys, new_private_jwk, write_keys_file
 from sessiongate.testing import TokenizeTemplate, UvicornThread
