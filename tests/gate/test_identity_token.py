@@ -556,6 +556,25 @@ async def test_middleware_mode_gets_the_token_and_serves_the_keys(
         assert pyjwt_verify(server.url + JWKS, token, "urn:app")["sub"] == alice.identity_id
         (verdict,) = jose_verify(server.url + JWKS, "urn:app", token)
         assert verdict["ok"]
+        # a public path: every client Authorization is removed, whatever its scheme
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as c:
+            r = await c.get(
+                "/public/page",
+                headers=[("Authorization", f"Bearer {alice.token}"), ("authorization", "Basic x")],
+            )
+            assert r.status_code == 200
+        assert app_headers(app, "authorization") == []
+        # a WebSocket authenticated by its Bearer session token carries the gate's token instead
+        from websockets.asyncio.client import connect
+
+        url = server.url.replace("http://", "ws://", 1) + "/ws"
+        headers = {"Authorization": f"Bearer {alice.token}"}
+        async with connect(url, additional_headers=headers, open_timeout=5) as ws:
+            await ws.recv()
+        assert app.requests[-1]["method"] == "WS"
+        socket_token = bearer_of(app)
+        assert socket_token != alice.token
+        assert pyjwt_verify(server.url + JWKS, socket_token, "urn:app")["sid"] == alice.id
     finally:
         server.stop()
 
