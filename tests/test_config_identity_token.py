@@ -155,3 +155,19 @@ def test_forward_auth_through_envoy_is_warned_about_a_token_in_authorization() -
     assert warned(settings("path", "Authorization"))
     assert not warned(settings("path", "X-Identity-Token"))
     assert not warned(settings("forwarded", "Authorization"))  # nginx, Traefik, Caddy
+
+
+def test_reading_settings_loads_no_crypto() -> None:
+    """Every CLI command reads the settings: the signing keys' crypto loads only to sign."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import sessiongate.config as c; c.Settings(); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('cryptography', 'jwt') "
+        "or m == 'sessiongate.signing_keys'))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.strip() == "[]"

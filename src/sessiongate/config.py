@@ -30,8 +30,6 @@ from pydantic import (
     model_validator,
 )
 
-from sessiongate.signing_keys import KeysFileError, load_keys
-
 _log = logging.getLogger("sessiongate.config")
 ENV_PREFIX = "SESSIONGATE_"
 CONFIG_ENV = "SESSIONGATE_CONFIG"
@@ -1438,6 +1436,9 @@ def runtime_problems(settings: Settings, environ: Mapping[str, str] | None = Non
         )
     token = settings.identity_token
     if token.enabled and token.source == "gate" and token.keys_file is not None:
+        # here, not at the top: `cryptography` loads only for a gate that signs tokens
+        from sessiongate.signing_keys import KeysFileError, load_keys
+
         try:
             load_keys(token.keys_file, token.signing_kid)
         except KeysFileError as exc:
