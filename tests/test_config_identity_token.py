@@ -47,7 +47,7 @@ def test_defaults() -> None:
         (
             {"issuer": "https://i", "header": "X-User-Id"},
             {},
-            "identity_token.header: 'X-User-Id' is already an identity header",
+            "identity_token.header: 'X-User-Id' is already one of the gate's headers",
         ),
         ({"issuer": "https://i", "header": "Cookie"}, {}, "identity_token.header: 'Cookie'"),
         (
@@ -63,6 +63,28 @@ def test_defaults() -> None:
         ),
         ({"issuer": "https://i", "claims": {"iss": "id"}}, {}, "identity_token.claims: 'iss'"),
         ({"issuer": "https://i", "ttl": "500ms"}, {}, "identity_token.ttl: at least 1s"),
+        # the default lifetime is cache.ttl: below 1 s a token would be expired when signed
+        ({"issuer": "https://i"}, {"cache": {"ttl": 0}}, "identity_token.ttl: the token's"),
+        ({"issuer": "https://i"}, {"cache": {"ttl": "500ms"}}, "identity_token.ttl: the token's"),
+        # the gate's own headers, in any spelling
+        (
+            {"issuer": "https://i", "header": "x_user_id"},
+            {},
+            "identity_token.header: 'x_user_id' is already one of the gate's headers",
+        ),
+        (
+            {"issuer": "https://i", "header": "X-Kratos-Authenticated-Identity_Id"},
+            {},
+            "identity_token.header: 'X-Kratos-Authenticated-Identity_Id' is already",
+        ),
+        ({"issuer": "https://i", "header": "X_Session_Token"}, {}, "identity_token.header:"),
+        # hop-by-hop headers never reach the app; proxy addressing is trusted proxies' only
+        ({"issuer": "https://i", "header": "Proxy-Authorization"}, {}, "identity_token.header:"),
+        ({"issuer": "https://i", "header": "Keep_Alive"}, {}, "identity_token.header:"),
+        ({"issuer": "https://i", "header": "X-Forwarded-For"}, {}, "identity_token.header:"),
+        ({"issuer": "https://i", "header": "x_real_ip"}, {}, "identity_token.header:"),
+        ({"issuer": "https://i", "header": "Forwarded"}, {}, "identity_token.header:"),
+        ({"issuer": "https://i", "header": "X-Original-URL"}, {}, "identity_token.header:"),
         (
             {"issuer": "https://i", "tokenize_as": "jwt"},
             {},
@@ -91,8 +113,61 @@ def test_source_kratos_refuses_what_the_template_decides(tmp_path: Path, key: st
     assert problem.startswith(f"identity_token.{key}: only with source: gate")
 
 
+def test_an_explicit_ttl_lifts_a_short_cache_ttl() -> None:
+    settings = Settings.model_validate(
+        {
+            "public_url": "https://gate.example.test",
+            "upstream": {"url": "http://app.internal:8080"},
+            "cache": {"ttl": 0},
+            "identity_token": {"enabled": True, "keys_file": "k.json", "ttl": "30s"},
+        }
+    )
+    assert settings.token_ttl == 30.0
+
+
 def test_source_kratos_needs_no_keys_nor_issuer() -> None:
     settings = Settings.model_validate(
         {"identity_token": {"enabled": True, "source": "kratos", "tokenize_as": "jwt"}}
     )
     assert settings.identity_token.tokenize_as == "jwt"
+
+
+def test_forward_auth_through_envoy_is_warned_about_a_token_in_authorization() -> None:
+    from sessiongate.config import config_warnings
+
+    def settings(source: str, header: str) -> Settings:
+        return Settings.model_validate(
+            {
+                "public_url": "https://gate.example.test",
+                "forward_auth": {"enabled": True, "source": source},
+                "identity_token": {
+                    "enabled": True,
+                    "keys_file": "k.json",
+                    "audience": "urn:app",
+                    "header": header,
+                },
+            }
+        )
+
+    def warned(s: Settings) -> bool:
+        return any(w.startswith("identity_token.header: ") for w in config_warnings(s))
+
+    assert warned(settings("path", "Authorization"))
+    assert not warned(settings("path", "X-Identity-Token"))
+    assert not warned(settings("forwarded", "Authorization"))  # nginx, Traefik, Caddy
+
+
+def test_reading_settings_loads_no_crypto() -> None:
+    """Every CLI command reads the settings: the signing keys' crypto loads only to sign."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import sessiongate.config as c; c.Settings(); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('cryptography', 'jwt') "
+        "or m == 'sessiongate.signing_keys'))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.strip() == "[]"

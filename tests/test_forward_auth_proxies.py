@@ -440,3 +440,100 @@ def test_kratos_down_gives_500_through_nginx_and_503_through_caddy(
         timeout=10,
     )
     assert r.status_code == 503, r.text
+
+
+def test_nginx_with_the_identity_token_never_passes_the_clients_bearer_on(
+    gates: Gates, app: UvicornThread, tmp_path: Path
+) -> None:
+    """The README's nginx config as it was before the identity token was turned on: the answer
+    names authorization for removal on a pass too, so the client's Ory session token (its
+    Bearer) is dropped; with the two lines the README's "Identity token" section adds, the app
+    gets the gate's token instead."""
+    from sessiongate.signing_keys import new_private_jwk, write_keys_file
+
+    keys = tmp_path / "keys.json"
+    write_keys_file(keys, {"keys": [new_private_jwk()]})
+    settings = readme_gate("nginx")
+    port = free_port()
+    settings["listen"] = {"host": "127.0.0.1", "port": port}
+    settings["metrics"] = {"port": 0}
+    settings["ory"] = {**settings["ory"], "public_url": gates.kratos.public_url}
+    settings["public_url"] = "https://gate.example.test"
+    settings["identity_token"] = {"enabled": True, "keys_file": str(keys), "audience": "urn:app"}
+    config = write_config(tmp_path / "gate.yaml", settings)
+    copy_token = readme_config("nginx").replace(
+        "proxy_set_header Authorization $sg_authorization;",
+        "auth_request_set $sg_token $upstream_http_authorization;\n"
+        "        proxy_set_header Authorization $sg_token;",
+    )
+    assert "$sg_token" in copy_token
+    echo = app.app
+    assert isinstance(echo, EchoApp)
+    alice = gates.kratos.fake.login("alice-token-nginx@example.com")
+    with serve(tmp_path, ["--config", str(config)], clean_env(), port) as gate:
+        gate_port, app_port = urlsplit(gate.url).port, app.port
+        for nginx_config, token_expected in ((readme_config("nginx"), False), (copy_token, True)):
+            with NginxServer(nginx_config, gate=gate_port, app=app_port) as proxy:
+                with httpx.Client(base_url=proxy.url, timeout=10) as client:
+                    r = client.get("/page", headers={"Authorization": f"Bearer {alice.token}"})
+                assert r.status_code == 200
+                seen = echo.requests[-1]
+                assert not [v for _, v in seen["headers"] if alice.token in v], seen["headers"]
+                authorization = headers_of(seen, "authorization")
+                if token_expected:
+                    (value,) = authorization
+                    assert value.startswith("Bearer ey")
+                else:
+                    assert authorization == []
+
+
+@pytest.mark.parametrize("binary", [DEBIAN_CADDY, WHEEL_CADDY])
+def test_caddy_with_the_readme_token_lines_gives_the_app_the_gates_token(
+    gates: Gates, app: UvicornThread, tmp_path: Path, binary: str
+) -> None:
+    """The README's "Identity token" changes to the Caddy config: Authorization copied from the
+    answer (the client's replaced, removed on a public path), the Bearer deletion replaced."""
+    from sessiongate.signing_keys import new_private_jwk, write_keys_file
+
+    keys = tmp_path / "keys.json"
+    write_keys_file(keys, {"keys": [new_private_jwk()]})
+    settings = readme_gate("caddy")
+    port = free_port()
+    settings["listen"] = {"host": "127.0.0.1", "port": port}
+    settings["metrics"] = {"port": 0}
+    settings["ory"] = {**settings["ory"], "public_url": gates.kratos.public_url}
+    settings["public_url"] = "https://gate.example.test"
+    settings["identity_token"] = {"enabled": True, "keys_file": str(keys), "audience": "urn:app"}
+    config = write_config(tmp_path / "gate.yaml", settings)
+    caddy = readme_config("caddy")
+    bearer_lines = (
+        "@sg_bearer header_regexp Authorization (?i)^bearer(\\s|$)\n"
+        "\t\trequest_header @sg_bearer -Authorization"
+    )
+    assert bearer_lines in caddy
+    caddy = caddy.replace(
+        bearer_lines,
+        "@sg_no_authorization header_regexp Authorization ^\\{http\\.reverse_proxy\\.header\\.\n"
+        "\t\trequest_header @sg_no_authorization -Authorization",
+    ).replace(
+        "copy_headers X-User-Id X-User-Email X-Session-Id Cookie",
+        "copy_headers X-User-Id X-User-Email X-Session-Id Cookie Authorization",
+    )
+    echo = app.app
+    assert isinstance(echo, EchoApp)
+    alice = gates.kratos.fake.login(f"alice-token-caddy-{len(echo.requests)}@example.com")
+    with serve(tmp_path, ["--config", str(config)], clean_env(), port) as gate:
+        gate_port = urlsplit(gate.url).port
+        assert gate_port is not None
+        with (
+            CaddyServer(binary, caddy, gate=gate_port, app=app.port) as proxy,
+            httpx.Client(base_url=proxy.url, timeout=10) as client,
+        ):
+            bearer = {"Authorization": f"Bearer {alice.token}"}
+            assert client.get("/page", headers=bearer).status_code == 200
+            seen = echo.requests[-1]
+            assert not [v for _, v in seen["headers"] if alice.token in v], seen["headers"]
+            (value,) = headers_of(seen, "authorization")
+            assert value.startswith("Bearer ey")
+            assert client.get(PUBLIC, headers=bearer).status_code == 200
+            assert headers_of(echo.requests[-1], "authorization") == []

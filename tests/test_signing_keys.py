@@ -130,7 +130,7 @@ def test_check_config_refuses_a_missing_keys_file(tmp_path: Path) -> None:
     assert "No such file" in err
 
 
-@pytest.mark.parametrize("mode", [0o644, 0o604, 0o606])
+@pytest.mark.parametrize("mode", [0o644, 0o604, 0o606, 0o601, 0o660, 0o620])
 def test_check_config_refuses_a_keys_file_other_users_may_read(mode: int, tmp_path: Path) -> None:
     keys = tmp_path / "keys.json"
     write_keys_file(keys, {"keys": [new_private_jwk()]})
@@ -139,6 +139,22 @@ def test_check_config_refuses_a_keys_file_other_users_may_read(mode: int, tmp_pa
     assert code == 2
     assert "identity_token.keys_file:" in err
     assert f"mode {mode:04o}" in err
+
+
+def test_a_keys_file_its_group_may_only_read_is_accepted_and_kept_so(tmp_path: Path) -> None:
+    keys = tmp_path / "keys.json"
+    write_keys_file(keys, {"keys": [new_private_jwk()]})
+    keys.chmod(0o640)
+    group = NOBODY if os.geteuid() == 0 else os.getgid()  # root may give it any group
+    os.chown(keys, -1, group)
+    code, err = check(config_for(tmp_path, keys))
+    assert code == 0, err
+    # a rotation's --add keeps the file's mode and group: the gate's group still reads it
+    added = run_cli("keys", "generate", "--out", str(keys), "--add")
+    assert added.returncode == 0, added.stderr
+    assert stat.S_IMODE(keys.stat().st_mode) == 0o640
+    assert keys.stat().st_gid == group
+    assert len(load_keys(keys).keys) == 2
 
 
 def test_check_config_refuses_an_unreadable_keys_file(shared_dir: Path) -> None:

@@ -293,9 +293,16 @@ class Authenticator:
             answer.body,
             self.identity_headers.compute(session),
         )
-        # the session is parsed now: its token is made now too, not on the hot path (None:
-        # Kratos sent no token though one was asked for; nothing is cached)
-        if self.tokens is not None and self.tokens.from_session(entry, session) is None:
+        # Kratos' token is read now: the entry lives no longer than it (None: Kratos sent none,
+        # as for the relay's whoami, which does not ask for one: nothing is cached). The gate's
+        # own token is signed by the first request that passes (IdentityTokens.attach), never
+        # for a session only the relay looked up.
+        tokens = self.tokens
+        if (
+            tokens is not None
+            and tokens.source == "kratos"
+            and tokens.from_session(entry, session) is None
+        ):
             return NO_TOKEN
         return entry
 

@@ -145,20 +145,13 @@ async def _online_problems(
     with a session token of a test user (`--session-token-env`)."""
     import json
 
-    from sessiongate.config import ory_api_key
     from sessiongate.credentials import Credential
-    from sessiongate.identity_token import kratos_token, tokenize_template
+    from sessiongate.identity_token import kratos_token
     from sessiongate.kratos import KratosClient, KratosUnavailable
 
     ory = settings.ory
-    template = tokenize_template(settings)
-    kratos = KratosClient(
-        ory.public_url,
-        ory.admin_base,
-        timeout=ory.timeout,
-        api_key=ory_api_key(),
-        tokenize_as=template,
-    )
+    template = settings.whoami_tokenize_as
+    kratos = KratosClient.from_settings(settings)
     problems: list[str] = []
     notes: list[str] = []
     try:
@@ -220,10 +213,12 @@ def _keys_generate(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     jwks: dict = {"keys": []}
+    like = None
     if args.add:
         try:
             load_keys(out)  # the file must be sound before a key is added to it
             jwks = json.loads(out.read_text(encoding="utf-8"))
+            like = out.stat()  # the new file keeps its mode, owner and group
         except KeysFileError as exc:
             for problem in exc.problems:
                 print(
@@ -239,7 +234,7 @@ def _keys_generate(args: argparse.Namespace) -> int:
     key = new_private_jwk(args.alg)
     jwks["keys"].append(key)
     try:
-        write_keys_file(out, jwks)
+        write_keys_file(out, jwks, like=like)
     except OSError as exc:
         print(f"error: cannot write {out}: {exc.strerror or exc}", file=sys.stderr)
         return 2

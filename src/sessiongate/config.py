@@ -30,8 +30,6 @@ from pydantic import (
     model_validator,
 )
 
-from sessiongate.signing_keys import KeysFileError, load_keys
-
 _log = logging.getLogger("sessiongate.config")
 ENV_PREFIX = "SESSIONGATE_"
 CONFIG_ENV = "SESSIONGATE_CONFIG"
@@ -70,6 +68,57 @@ _RESERVED_HEADERS = {
     "traceparent",
     "tracestate",
 }
+
+
+# Request headers proxy.py treats specially (they live here, below it, so that settings can
+# refuse them as a header the gate sets):
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+    }
+)
+_FORWARDED = frozenset(
+    {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded", b"x-real-ip"}
+)
+# Headers some servers and frameworks honour to rewrite the path, scheme, host or client
+# address (IIS/Symfony X-Original-URL, Spring X-Forwarded-Prefix, Akamai True-Client-IP...):
+# passed on only from `forwarded.trusted_proxies`, like X-Forwarded-*.
+_ROUTING = frozenset(
+    {
+        b"x-original-url",
+        b"x-original-uri",
+        b"x-rewrite-url",
+        b"x-forwarded-prefix",
+        b"x-forwarded-port",
+        b"x-forwarded-scheme",
+        b"x-forwarded-server",
+        b"x-forwarded-ssl",
+        b"x-forwarded-uri",
+        b"x-forwarded-path",
+        b"x-forwarded",
+        b"forwarded-for",
+        b"x-url-scheme",
+        b"front-end-https",
+        b"true-client-ip",
+        b"x-client-ip",
+        b"x-cluster-client-ip",
+        b"cf-connecting-ip",
+        b"fastly-client-ip",
+        b"x-host",
+        b"x-original-host",
+        b"x-http-host-override",
+    }
+)
+#: Passed on to the app only from `forwarded.trusted_proxies` (proxy.py)
+TRUSTED_PROXY_HEADERS = _FORWARDED | _ROUTING
 
 
 def parse_duration(value: Any) -> float:
@@ -781,8 +830,16 @@ class IdentityToken(_Section):
     def _header(cls, v: str) -> str:
         if not _HEADER_NAME.match(v):
             raise ValueError(f"invalid header name {v!r}")
-        if v.lower() in _RESERVED_HEADERS - _TOKEN_HEADER_OK:
+        name = v.lower().replace("_", "-")  # as the gate strips it: any case, `_` for `-`
+        if name in _RESERVED_HEADERS - _TOKEN_HEADER_OK:
             raise ValueError(f"{v!r} cannot carry the identity token")
+        if name.encode() in HOP_BY_HOP:
+            raise ValueError(f"{v!r} is a hop-by-hop header: it never reaches the app")
+        if name.encode() in TRUSTED_PROXY_HEADERS:
+            raise ValueError(
+                f"{v!r} is a header the gate passes on only from forwarded.trusted_proxies "
+                f"(proxy addressing): pick a name of the token's own, e.g. X-Identity-Token"
+            )
         return v
 
     @field_validator("issuer", "audience", "tokenize_as", "keys_file", "signing_kid")
@@ -1082,16 +1139,20 @@ class Settings(_Section):
         if not token.enabled:
             return
         header = token.header.lower().replace("_", "-")
-        owned = {n.lower().replace("_", "-") for n in self.identity_headers}
-        if self.session_header:
-            owned.add(self.session_header.lower().replace("_", "-"))
-        if header in owned:
+        if header in self._identity_header_names():
             raise ValueError(
-                f"identity_token.header: {token.header!r} is already an identity header "
-                f"(identity_headers or session_header)"
+                f"identity_token.header: {token.header!r} is already one of the gate's headers "
+                f"(identity_headers, session_header, X-Kratos-Authenticated-Identity-Id)"
             )
         if token.source != "gate":
             return
+        if self.token_ttl < 1:
+            # cache.ttl below 1 s (0: no cache): a token would be expired when signed
+            raise ValueError(
+                f"identity_token.ttl: the token's lifetime defaults to cache.ttl "
+                f"({self.cache.ttl:g}s), less than 1s (a token's times are whole seconds): "
+                f"set identity_token.ttl (at least 1s)"
+            )
         if token.issuer is None and self.public_url is None:
             raise ValueError(
                 "identity_token.issuer: required unless public_url is set (then it defaults to "
@@ -1127,6 +1188,12 @@ class Settings(_Section):
         if token.audience is not None:
             return token.audience
         return origin_of(self.upstream.url) if self.upstream.url else ""
+
+    @property
+    def whoami_tokenize_as(self) -> str | None:
+        """The tokenizer template every whoami asks Kratos for (identity_token source kratos)."""
+        token = self.identity_token
+        return token.tokenize_as if token.enabled and token.source == "kratos" else None
 
     @property
     def token_ttl(self) -> float:
@@ -1199,12 +1266,17 @@ class Settings(_Section):
                 f"Kratos' login (ory.public_url + {LOGIN_PATH}, the default) or make it public"
             )
 
-    def spoofable_headers(self) -> frozenset[str]:
-        """Canonical names (lower case, `_` as `-`) the gate owns and clients must not send."""
+    def _identity_header_names(self) -> set[str]:
+        """Canonical names of the identity headers the gate sets (the token's aside)."""
         names = {n.lower().replace("_", "-") for n in self.identity_headers}
         if self.session_header:
             names.add(self.session_header.lower().replace("_", "-"))
         names.add("x-kratos-authenticated-identity-id")
+        return names
+
+    def spoofable_headers(self) -> frozenset[str]:
+        """Canonical names (lower case, `_` as `-`) the gate owns and clients must not send."""
+        names = self._identity_header_names()
         if self.identity_token.enabled:  # the client's copy never reaches the app, any path
             names.add(self.identity_token.header.lower().replace("_", "-"))
         return frozenset(names)
@@ -1369,6 +1441,9 @@ def runtime_problems(settings: Settings, environ: Mapping[str, str] | None = Non
         )
     token = settings.identity_token
     if token.enabled and token.source == "gate" and token.keys_file is not None:
+        # here, not at the top: `cryptography` loads only for a gate that signs tokens
+        from sessiongate.signing_keys import KeysFileError, load_keys
+
         try:
             load_keys(token.keys_file, token.signing_kid)
         except KeysFileError as exc:
@@ -1396,6 +1471,32 @@ def config_warnings(settings: Settings) -> list[str]:
             f"random key of this process: a form posted to another process or replica (or "
             f"after a restart) is refused. Set it (>= {SECRET_MIN_BYTES} bytes, the same "
             f"everywhere) to run more than one"
+        )
+    token = settings.identity_token
+    if (
+        token.enabled
+        and settings.forward_auth.enabled
+        and settings.forward_auth.source == "path"
+        and token.header.lower() == "authorization"
+    ):
+        out.append(
+            "identity_token.header: Authorization with forward auth: each decision names "
+            "authorization in x-envoy-auth-headers-to-remove (the client's Ory credential must "
+            "not reach the app), and Envoy removes those after it sets the answer's headers, so "
+            "behind Envoy the token never reaches the app; set identity_token.header to a name "
+            "of its own (e.g. X-Identity-Token) and list it in allowed_upstream_headers "
+            '(README, "Identity token")'
+        )
+    if (
+        token.enabled
+        and token.source == "kratos"
+        and settings.shared.enabled
+        and settings.shared.cache_sessions
+    ):
+        out.append(
+            "shared.cache_sessions: with identity_token.source: kratos sessions are not shared "
+            "through Redis (Kratos' token is a bearer credential for the app and stays out of "
+            "it): each process asks whoami once per session; revocations are still shared"
         )
     for glob in settings.access.public_paths:
         if glob.endswith("/*"):

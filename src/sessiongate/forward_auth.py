@@ -23,10 +23,12 @@ here, whatever its method, and never proxied. What it owns:
   the session (none on a public path), `cookie` = the call's cookies minus the Ory session
   cookies (what the app may see), and `x-envoy-auth-headers-to-remove` naming the credential
   headers and every identity header this answer does not set (so neither the Ory token nor a
-  client's own identity header reaches the app). Denied → as proxy mode: 401 (403 for aal2)
-  in Kratos' envelope, a 303 to the login page for a browser navigation, 503 + Retry-After when
-  Kratos is down; with `deny_browsers: header` the browser gets 401 with the login URL in
-  `X-Sessiongate-Login` instead (nginx's `auth_request` turns a 3xx into 500).
+  client's own identity header reaches the app); with the identity token in Authorization,
+  `authorization` on every answer (the proxy sets the answer's after its removals). Denied →
+  as proxy mode: 401 (403 for aal2) in Kratos' envelope, a 303 to the login page for a
+  browser navigation, 503 + Retry-After when Kratos is down; with `deny_browsers: header` the
+  browser gets 401 with the login URL in `X-Sessiongate-Login` instead (nginx's
+  `auth_request` turns a 3xx into 500).
 """
 
 from __future__ import annotations
@@ -139,10 +141,13 @@ class ForwardAuth:
             self._identity_names.append(identity.session_header)
         tokens = gatekeeper.tokens
         # the identity token: set on a pass, else named for removal (a client's copy never
-        # reaches the app); in Authorization, every client Authorization goes, any path
-        self._token_name = tokens.name if tokens is not None else None
-        if self._token_name is not None:
-            self._identity_names.append(self._token_name)
+        # reaches the app). In Authorization, `authorization` is named on every answer, a pass
+        # with the token too: the client's Authorization may be the Ory session token, and a
+        # proxy that does not copy the answer's Authorization would pass it on to the app.
+        # The proxy sets the answer's after its removals (README, "Identity token").
+        self._token_in_authorization = tokens is not None and tokens.bearer
+        if tokens is not None and not tokens.bearer:
+            self._identity_names.append(tokens.name)
 
     def matches(self, path: str) -> bool:
         return path == self.path or path.startswith(self._below)
@@ -337,13 +342,15 @@ class ForwardAuth:
                     bearer = True
                 else:
                     not_bearer = True
+        if self._token_in_authorization:
+            remove.append(b"authorization")  # every client Authorization, whatever its scheme
         if self.strip_credentials:
             matcher = self.cookie_matcher
             kept = "; ".join(
                 rest for value in cookies if (rest := without_session_cookies(value, matcher))
             )
             remove.append(b"x-session-token")
-            if (bearer or not not_bearer) and self._token_name != b"authorization":
+            if (bearer or not not_bearer) and not self._token_in_authorization:
                 remove.append(b"authorization")
         else:
             kept = "; ".join(value for value in cookies if value)

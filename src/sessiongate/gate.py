@@ -29,13 +29,12 @@ from sessiongate.config import (
     ConfigError,
     Settings,
     config_warnings,
-    ory_api_key,
     runtime_problems,
 )
 from sessiongate.decide import Decider
 from sessiongate.forward_auth import ForwardAuth
 from sessiongate.gatekeeper import Gatekeeper
-from sessiongate.identity_token import tokenize_template
+from sessiongate.jwks_endpoint import JwksEndpoint
 from sessiongate.kratos import KratosClient
 from sessiongate.logs import current_writer, flush_logs
 from sessiongate.metrics import Metrics
@@ -88,21 +87,11 @@ class Gate:
         self.settings = settings
         self.tracing = tracing if tracing is not None else Tracing.from_environment()
         self.request_ids = RequestIds(settings.forwarded.trusted_proxies)
-        self.kratos = KratosClient(
-            settings.ory.public_url,
-            settings.ory.admin_base,
-            timeout=settings.ory.timeout,
-            api_key=ory_api_key(),
-            max_connections=settings.ory.max_inflight,
-            transport=kratos_transport,
-            tokenize_as=tokenize_template(settings),
-        )
+        self.kratos = KratosClient.from_settings(settings, transport=kratos_transport)
         self.kratos.tracing = self.tracing
         self.gatekeeper = Gatekeeper(settings, self.kratos)
-        # the identity token's public keys, served without a session (identity_token.py)
-        tokens = self.gatekeeper.tokens
-        self.jwks = tokens if tokens is not None and tokens.serves_jwks else None
-        self.jwks_path = settings.identity_token.jwks_path
+        # the identity token's public keys, served without a session (jwks_endpoint.py)
+        self.jwks = JwksEndpoint.of(self.gatekeeper.tokens, settings.identity_token.jwks_path)
         self.proxy = (
             None  # a decision service (forward_auth) with no app of its own
             if settings.upstream.url is None
@@ -343,10 +332,10 @@ class Gate:
                 record.decide("gate", "health")
             await self._health(path, send)
             return
-        if self.jwks is not None and path == self.jwks_path:
+        if self.jwks is not None and path == self.jwks.path:
             if record is not None:
                 record.decide("gate", "jwks")
-            await self.jwks.send_jwks(scope, send)
+            await self.jwks(scope, send)
             return
         if self.relay is not None and self.relay.matches(path):
             if record is not None:
@@ -387,7 +376,7 @@ class Gate:
         return (
             Decider.is_preflight(scope["method"], scope["headers"])
             and path not in (HEALTH_ALIVE, HEALTH_READY)
-            and not (self.jwks is not None and path == self.jwks_path)
+            and not (self.jwks is not None and path == self.jwks.path)
             and not (self.relay is not None and self.relay.matches(path))
         )
 

@@ -113,17 +113,22 @@ class Gatekeeper:
                     if metrics is not None:
                         metrics.cache_hit()
                     note_cache(True)
-                    forwarded = self.identity.strip(headers)
-                    forwarded.extend(hit.identity_headers)
-                    tokens = self.tokens
-                    if tokens is None:
-                        return Pass(hit, forwarded)
-                    token = tokens.attach(hit)  # kept on the entry: signed again only near its end
-                    if token is None:
-                        return None  # `judge` answers it
-                    forwarded.append(token)
-                    return Pass(hit, forwarded, token)
+                    return self._pass(headers, hit)  # None (no token): `judge` answers it
         return None
+
+    def _pass(self, headers: RawHeaders, entry: CachedSession) -> Pass | None:
+        """The pass for an admitted session: the client's headers minus the gate's own, plus
+        the session's identity headers and token; None when there is no token (no pass)."""
+        forwarded = self.identity.strip(headers)
+        forwarded.extend(entry.identity_headers)
+        tokens = self.tokens
+        if tokens is None:
+            return Pass(entry, forwarded)
+        token = tokens.attach(entry)  # kept on the entry: signed again only near its end
+        if token is None:
+            return None
+        forwarded.append(token)
+        return Pass(entry, forwarded, token)
 
     async def check(self, scope: Scope, send: Send) -> Pass | None:
         """`quick`, else the full decision (whoami on a cache miss); answers denials itself."""
@@ -153,15 +158,8 @@ class Gatekeeper:
         else:
             result = await self.authenticator.authenticate(credential)
         if isinstance(result, CachedSession):
-            forwarded = self.identity.strip(headers)
-            forwarded.extend(result.identity_headers)
-            if self.tokens is None:
-                return Pass(result, forwarded)
-            token = self.tokens.attach(result)
-            if token is None:
-                return NO_TOKEN  # never an unsigned request to the app
-            forwarded.append(token)
-            return Pass(result, forwarded, token)
+            admitted = self._pass(headers, result)
+            return NO_TOKEN if admitted is None else admitted  # never a request without token
         return result
 
     async def aclose(self) -> None:

@@ -4,9 +4,11 @@
 `CachedSession`, so a cache hit costs one comparison, never a signature:
 
 * `source: gate`: the gate signs the token with `identity_token.keys_file`'s signing key
-  (signing_keys.py) when the session is first validated, and signs a new one only once the
-  request comes in the last tenth of the token's lifetime (as Oathkeeper's id_token mutator).
-  `exp` is now + `ttl`, never past the session's `expires_at`; the claims are `iss`, `aud`,
+  (signing_keys.py) for the first request of a cached session that passes (never for a session
+  only the relay looked up), and signs a new one only once a request comes in the last tenth
+  of the token's lifetime (as Oathkeeper's id_token mutator). `exp` is now + `ttl`, never past
+  the session's `expires_at` (such a token is kept until its exp, then there is none: the
+  session ends within the second); the claims are `iss`, `aud`,
   `iat`, `nbf`, `exp`, `jti` and the `claims` mapping's dot paths into the session (`*` takes
   every item of a list: `authentication_methods.*.method` gives `amr`).
 * `source: kratos`: whoami is asked with `tokenize_as`, and the JWT Kratos puts in `tokenized`
@@ -25,28 +27,26 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 import jwt
-from starlette.types import Scope, Send
 
 from sessiongate.cache import CachedSession
 from sessiongate.config import Settings
 from sessiongate.identity_headers import lookup
-from sessiongate.responses import send_error
 from sessiongate.signing_keys import KeySet, load_keys
 
 log = logging.getLogger("sessiongate.identity_token")
 
-#: A JWKS answer's `Cache-Control: max-age` (seconds): how long a rotation waits between
-#: publishing a new key and signing with it (README, "Rotating the keys").
-JWKS_MAX_AGE = 300
 #: A token is signed again once this fraction of its lifetime has passed (Oathkeeper's rule).
 RENEW_AFTER = 0.9
 Header = tuple[bytes, bytes]
+#: A compact JWS: three base64url segments, no padding, nothing else (RFC 7515 section 7.1)
+_COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 
 
 def claim_value(session: Any, path: tuple[str, ...]) -> Any:
@@ -69,10 +69,12 @@ def kratos_token(session: Any) -> tuple[str, float] | None:
     """The JWT Kratos put in whoami's `tokenized`, with its `exp`; None if there is none.
 
     Its signature is Kratos' business and the app's (whoami's answer is trusted as a whole):
-    the gate only reads `exp`, to keep the token no longer than it is valid."""
+    the gate only checks its form (it goes into a header) and reads `exp`, to keep the token
+    no longer than it is valid. That `exp` is the template's `ttl` after whoami, which Kratos
+    does not cap at the session's `expires_at` (README, "Kratos' own tokenizer")."""
     token = session.get("tokenized") if isinstance(session, dict) else None
-    if not isinstance(token, str) or not token:
-        return None
+    if not isinstance(token, str) or _COMPACT_JWS.fullmatch(token) is None:
+        return None  # it goes into a header: nothing but a compact JWS (a refused template)
     try:
         exp = jwt.decode(token, options={"verify_signature": False}).get("exp")
     except jwt.PyJWTError:
@@ -99,12 +101,6 @@ def without_tokenized(body: bytes) -> bytes:
         if exact in body:
             return body.replace(exact, b"", 1)
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def tokenize_template(settings: Settings) -> str | None:
-    """The tokenizer template every whoami asks Kratos for (source kratos), else None."""
-    token = settings.identity_token
-    return token.tokenize_as if token.enabled and token.source == "kratos" else None
 
 
 class IdentityTokens:
@@ -136,7 +132,7 @@ class IdentityTokens:
         if source == "gate":
             assert keys is not None, "source gate signs with keys"
             self._headers = {"kid": keys.signing.kid, "typ": "JWT"}
-        # the JWKS answer, built once: the public keys never change while the gate runs
+        # the JWKS answer's body (jwks_endpoint.py), built once: the keys never change
         self.jwks_body = (
             json.dumps(keys.public_jwks(), separators=(",", ":")).encode() if keys else b""
         )
@@ -161,44 +157,15 @@ class IdentityTokens:
             keys=keys,
         )
 
-    @property
-    def serves_jwks(self) -> bool:
-        """The gate publishes the public keys (source gate; Kratos publishes its own)."""
-        return bool(self.jwks_body)
-
-    async def send_jwks(self, scope: Scope, send: Send) -> None:
-        """The JWKS answer: public keys only, cacheable for JWKS_MAX_AGE, no session needed."""
-        method = scope.get("method", "GET")
-        if method not in ("GET", "HEAD"):
-            await send_error(
-                send,
-                405,
-                reason="The key set is read with GET.",
-                headers=[(b"allow", b"GET, HEAD")],
-                head=False,
-            )
-            return
-        body = self.jwks_body
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"cache-control", b"public, max-age=%d" % JWKS_MAX_AGE),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
-
     # -- per request ------------------------------------------------------------------------
     def attach(self, entry: CachedSession) -> Header | None:
         """The token header for this session: the one kept on the entry while it is fresh,
-        else a new one (signed, or read from Kratos' answer); None: no token (answer 503)."""
-        token = entry.token
-        if token is not None and self._monotonic() < entry.token_renew:
-            return token
+        else a new one (signed, or read from Kratos' answer); None: no token (answer 503).
+
+        Made on the first request that needs it (never for a session only the relay looked
+        up), then kept: a cache hit costs this comparison."""
+        if self._monotonic() < entry.token_renew:
+            return entry.token  # None: no token until the entry dies (fail closed)
         try:
             session = entry.parsed if entry.parsed is not None else json.loads(entry.body)
         except ValueError:
@@ -207,27 +174,38 @@ class IdentityTokens:
 
     # -- per session ------------------------------------------------------------------------
     def from_session(self, entry: CachedSession, session: dict[str, Any]) -> Header | None:
-        """Give `entry` its token from its session JSON (at whoami time, or when it is due).
-        For `source: kratos`, None when Kratos' answer carries no token, or an expired one."""
+        """Give `entry` its token from its session JSON (when it is first or again due).
+        None, kept on the entry for good, when there is none to give: Kratos' answer carries
+        no token (or an expired one), or the session ends within the current second."""
         if self.source == "kratos":
             found = kratos_token(session)
             left = found[1] - self._wall() if found is not None else 0.0
             if found is None or left <= 0:
-                entry.token = None
-                return None
-            value = found[0].encode("ascii", "replace")
+                return self._none(entry)
+            value = found[0].encode("ascii")
             renew = self._monotonic() + left  # never: the entry dies at exp (authenticate.py)
         else:
-            value, renew = self._sign(entry, session)
+            signed = self._sign(entry, session)
+            if signed is None:
+                return self._none(entry)
+            value, renew = signed
         header = (self.name, b"Bearer " + value if self.bearer else value)
         entry.token, entry.token_renew = header, renew
         return header
 
-    def _sign(self, entry: CachedSession, session: dict[str, Any]) -> tuple[bytes, float]:
+    @staticmethod
+    def _none(entry: CachedSession) -> None:
+        entry.token, entry.token_renew = None, math.inf
+        return None
+
+    def _sign(self, entry: CachedSession, session: dict[str, Any]) -> tuple[bytes, float] | None:
         now = self._wall()
         mono = self._monotonic()
         iat = math.floor(now)
-        exp = math.floor(min(now + self.ttl, entry.expires_at))
+        end = math.floor(entry.expires_at)  # exp is whole seconds, never past the session
+        if end <= now:
+            return None  # a token would be expired when signed: none (the entry dies soon)
+        exp = min(math.floor(now + self.ttl), end)
         claims: dict[str, Any] = {}
         for name, path in self.claims:
             value = claim_value(session, path)
@@ -247,6 +225,8 @@ class IdentityTokens:
         signing = self.keys.signing
         token = jwt.encode(claims, signing.private, algorithm=signing.alg, headers=self._headers)
         self.minted += 1
-        # signed again by the first request in the last tenth of its lifetime
-        renew = mono + max(0.0, (exp - now) * RENEW_AFTER)
+        # signed again by the first request in the last tenth of its lifetime; capped by the
+        # session, a renewal could not extend it: kept until its exp, then no token (the entry
+        # dies with the session a moment later)
+        renew = mono + (exp - now if exp == end else max(0.0, (exp - now) * RENEW_AFTER))
         return token.encode("ascii"), renew

@@ -25,6 +25,7 @@ from sessiongate.credentials import Credential
 from sessiongate.tracing import outgoing
 
 if TYPE_CHECKING:
+    from sessiongate.config import Settings
     from sessiongate.tracing import Tracing
 
 #: A whoami body larger than this is not a session (Kratos' are 1-4 KB): fail closed, unread.
@@ -93,6 +94,29 @@ class KratosClient:
             f"{parts.path}/sessions/whoami",
             parts.hostname or "",
             parts.port,
+        )
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> KratosClient:
+        """The client the settings describe (`ory.*`, the API key from the environment, and
+        `tokenize_as` with identity_token source kratos): the gate's, the middleware's and
+        `check-config --online`'s."""
+        from sessiongate.config import ory_api_key
+
+        ory = settings.ory
+        return cls(
+            ory.public_url,
+            ory.admin_base,
+            timeout=ory.timeout,
+            api_key=ory_api_key(),
+            max_connections=ory.max_inflight,
+            transport=transport,
+            tokenize_as=settings.whoami_tokenize_as,
         )
 
     def _fast_session(self) -> aiohttp.ClientSession:

@@ -31,10 +31,10 @@ from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sessiongate.cache import CachedSession
-from sessiongate.config import Settings, config_warnings, load_settings, ory_api_key
+from sessiongate.config import Settings, config_warnings, load_settings
 from sessiongate.decide import Decider
 from sessiongate.gatekeeper import Gatekeeper, Pass
-from sessiongate.identity_token import tokenize_template
+from sessiongate.jwks_endpoint import JwksEndpoint
 from sessiongate.kratos import KratosClient
 from sessiongate.metrics import Metrics
 from sessiongate.observe import Observers, record_of
@@ -99,22 +99,11 @@ class SessionGateMiddleware:
     ) -> None:
         self.app = app
         self.settings = settings if settings is not None else load_settings()
-        ory = self.settings.ory
-        self.kratos = KratosClient(
-            ory.public_url,
-            ory.admin_base,
-            timeout=ory.timeout,
-            api_key=ory_api_key(),
-            max_connections=ory.max_inflight,
-            transport=kratos_transport,
-            tokenize_as=tokenize_template(self.settings),
-        )
+        self.kratos = KratosClient.from_settings(self.settings, transport=kratos_transport)
         self.gatekeeper = Gatekeeper(self.settings, self.kratos)
         # identity_token: the token rides in the app's headers like the identity headers; the
         # public keys are served here without a session, as in proxy mode
-        tokens = self.gatekeeper.tokens
-        self.jwks = tokens if tokens is not None and tokens.serves_jwks else None
-        self.jwks_path = self.settings.identity_token.jwks_path
+        self.jwks = JwksEndpoint.of(self.gatekeeper.tokens, self.settings.identity_token.jwks_path)
         # as in proxy mode: preflights pass without a session only under `cors.apply_to:
         # sessions`; with CORS off an OPTIONS needs a session like any other request
         cors = self.settings.cors
@@ -206,10 +195,10 @@ class SessionGateMiddleware:
             else:  # before accept, a close makes the server refuse the handshake
                 await send({"type": "websocket.close", "code": 1008})
             return
-        if self.jwks is not None and scope["type"] == "http" and scope["path"] == self.jwks_path:
+        if self.jwks is not None and self.jwks.matches(scope):
             if record is not None:
                 record.decide("gate", "jwks")
-            await self.jwks.send_jwks(scope, send)
+            await self.jwks(scope, send)
             return
         page = self.sessions_page
         if page is not None and scope["type"] == "http" and page.owns(scope["path"]):

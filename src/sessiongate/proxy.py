@@ -34,6 +34,7 @@ from starlette.types import Message, Receive, Scope, Send
 from yarl import URL
 
 from sessiongate.client_address import TrustedProxies
+from sessiongate.config import HOP_BY_HOP, TRUSTED_PROXY_HEADERS
 from sessiongate.credentials import is_bearer, without_session_cookies
 from sessiongate.observe import record_of
 from sessiongate.responses import send_error
@@ -46,52 +47,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("sessiongate.proxy")
 RawHeaders = list[tuple[bytes, bytes]]
 
-HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-    }
-)
-_FORWARDED = frozenset(
-    {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded", b"x-real-ip"}
-)
-# Headers some servers and frameworks honour to rewrite the path, scheme, host or client
-# address (IIS/Symfony X-Original-URL, Spring X-Forwarded-Prefix, Akamai True-Client-IP...):
-# passed on only from `forwarded.trusted_proxies`, like X-Forwarded-*.
-_ROUTING = frozenset(
-    {
-        b"x-original-url",
-        b"x-original-uri",
-        b"x-rewrite-url",
-        b"x-forwarded-prefix",
-        b"x-forwarded-port",
-        b"x-forwarded-scheme",
-        b"x-forwarded-server",
-        b"x-forwarded-ssl",
-        b"x-forwarded-uri",
-        b"x-forwarded-path",
-        b"x-forwarded",
-        b"forwarded-for",
-        b"x-url-scheme",
-        b"front-end-https",
-        b"true-client-ip",
-        b"x-client-ip",
-        b"x-cluster-client-ip",
-        b"cf-connecting-ip",
-        b"fastly-client-ip",
-        b"x-host",
-        b"x-original-host",
-        b"x-http-host-override",
-    }
-)
-_TRUSTED_ONLY = _FORWARDED | _ROUTING
+_TRUSTED_ONLY = TRUSTED_PROXY_HEADERS
 # `_` spellings (X_Original_URL) are dropped from anyone: servers that fold `_` into `-` would
 # read them as the real header, and no proxy sends them.
 _NEVER_WITH_UNDERSCORE = _TRUSTED_ONLY | {b"x-session-token", REQUEST_ID}

@@ -249,7 +249,7 @@ def _from_cache(entry: CachedSession) -> Answer:
         ("cache-control", _NO_STORE),
         ("vary", "Cookie"),
     ]
-    # source kratos keeps Kratos' `tokenized` in the cached body (the shared mode carries it);
+    # source kratos keeps Kratos' `tokenized` in the (local) cached body;
     # a client that did not ask tokenize_as never gets it (Kratos would not send it)
     return Answer(200, headers, without_tokenized(entry.body))
 

@@ -463,7 +463,11 @@ def attach(authenticator: Authenticator, settings: Settings) -> list[Any]:
     authenticator.records = records
     authenticator.strict = strict
     clients = [redis]
-    if shared.cache_sessions:
+    # Kratos' identity token (identity_token.source: kratos) is a bearer credential for the app
+    # and lives in whoami's body: it stays out of Redis, so such sessions are not shared (only
+    # a whoami gives a process its token); revocations still are
+    token = settings.identity_token
+    if shared.cache_sessions and not (token.enabled and token.source == "kratos"):
         subscriber = connect(shared, socket_timeout=5.0, max_connections=4)
         clients.append(subscriber)
         authenticator.shared = SharedSessions(

@@ -4,11 +4,12 @@ Owns reading and checking `identity_token.keys_file` (each problem a message tha
 the key path it is about), the public key set the gate serves at `identity_token.jwks_path`
 (public members only, never a private one), and the keys of `sessiongate keys generate`.
 
-Rules: the file is a JWKS (`{"keys": [...]}`) readable by its owner only (no permission bits
-for others: it holds private keys); every key has a `kid` (unique) and an `alg` among ES256
-(P-256), EdDSA (Ed25519) and RS256 (RSA of 2048 bits or more), matching its key type; at least
-one key is private, and the signing key (`signing_kid`, default the first private key) must
-be. A key without its private part is published only: the state of an old key after a
+Rules: the file is a JWKS (`{"keys": [...]}`) that no other user may access and its group may
+not write (at most 0640: it holds private keys; checked on the open file, then read from it);
+every key has a `kid` (unique) and an `alg` among ES256 (P-256), EdDSA (Ed25519) and RS256
+(RSA of 2048 bits or more), matching its key type; at least one key is private, and the signing
+key (`signing_kid`, default the first private key) must be. A key without its private part is
+published only: the state of an old key after a
 rotation, kept until the last token it signed has expired.
 
 PyJWT does the JOSE work: it signed faster than joserfc here (ES256 39 vs 46 µs, EdDSA 44 vs
@@ -39,6 +40,8 @@ ALGORITHMS: dict[str, tuple[str, str | None]] = {
     "RS256": ("RSA", None),
 }
 MIN_RSA_BITS = 2048
+#: Refused permission bits: group write, and any access for other users (0600 and 0640 pass)
+UNSAFE_MODE = 0o027
 _PRIVATE = (ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey, rsa.RSAPrivateKey)
 # the members RFC 7638 hashes for a thumbprint (the kid `keys generate` gives)
 _THUMBPRINT_MEMBERS = {
@@ -77,22 +80,29 @@ def load_keys(path: str | os.PathLike[str], signing_kid: str | None = None) -> K
     """The key set in `path`, checked; raises KeysFileError naming every problem found."""
     where = f"{KEYS_FILE}: {path}"
     try:
-        mode = os.stat(path).st_mode
+        # opened first, then checked and read through the same handle: what is checked is
+        # what is read (no swap between a stat and a read); non-blocking: a FIFO never hangs
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | os.O_CLOEXEC)
     except OSError as exc:
         raise KeysFileError([f"{where}: cannot read it: {exc.strerror or exc}"]) from exc
-    if not stat.S_ISREG(mode):
-        raise KeysFileError([f"{where}: not a regular file"])
-    if mode & 0o007:
-        raise KeysFileError(
-            [
-                f"{where}: other users may read it (mode {stat.S_IMODE(mode):04o}) and it holds "
-                f"private keys; chmod 600 it (or 640 for a group the gate runs in)"
-            ]
-        )
+    with os.fdopen(fd, "rb") as handle:
+        mode = os.fstat(handle.fileno()).st_mode
+        if not stat.S_ISREG(mode):
+            raise KeysFileError([f"{where}: not a regular file"])
+        if mode & UNSAFE_MODE:
+            raise KeysFileError(
+                [
+                    f"{where}: other users may access it, or its group may write it (mode "
+                    f"{stat.S_IMODE(mode):04o}), and it holds private keys; chmod 600 it (or "
+                    f"640 for a group the gate runs in)"
+                ]
+            )
+        try:
+            raw = handle.read()
+        except OSError as exc:
+            raise KeysFileError([f"{where}: cannot read it: {exc.strerror or exc}"]) from exc
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise KeysFileError([f"{where}: cannot read it: {exc.strerror or exc}"]) from exc
+        data = json.loads(raw.decode("utf-8"))
     except ValueError as exc:
         raise KeysFileError([f"{where}: not JSON: {exc}"]) from exc
     raw_keys = data.get("keys") if isinstance(data, dict) else None
@@ -183,13 +193,22 @@ def thumbprint(jwk: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 
-def write_keys_file(path: str | os.PathLike[str], jwks: dict[str, Any]) -> None:
-    """Write `jwks` to `path` with mode 0600, atomically (a reader sees the old or the new)."""
+def write_keys_file(
+    path: str | os.PathLike[str], jwks: dict[str, Any], *, like: os.stat_result | None = None
+) -> None:
+    """Write `jwks` to `path` atomically (a reader sees the old or the new): mode 0600, or
+    with `like` (the file it replaces) that file's mode, owner and group, so a file shared
+    with the gate's group (0640) stays readable by it."""
     target = Path(path)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        os.fchmod(fd, 0o600)  # whatever the umask
+        if like is not None:
+            # owner and group first: a group-readable mode is set only once the group is right
+            os.fchown(fd, like.st_uid, like.st_gid)
+            os.fchmod(fd, stat.S_IMODE(like.st_mode) & ~UNSAFE_MODE)
+        else:
+            os.fchmod(fd, 0o600)  # whatever the umask
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             json.dump(jwks, out, indent=2)
             out.write("\n")

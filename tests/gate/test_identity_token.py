@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import re
 import shutil
@@ -22,10 +23,17 @@ from gate_stack import Stack, settings_for
 
 from apps import EchoApp
 from redis_servers import RedisServers, redis_servers  # noqa: F401
+from sessiongate.cache import CachedSession
 from sessiongate.gate import Gate
-from sessiongate.identity_token import JWKS_MAX_AGE, claim_value, without_tokenized
+from sessiongate.identity_token import (
+    IdentityTokens,
+    claim_value,
+    kratos_token,
+    without_tokenized,
+)
+from sessiongate.jwks_endpoint import JWKS_MAX_AGE
 from sessiongate.middleware import SessionGateMiddleware
-from sessiongate.signing_keys import new_private_jwk, write_keys_file
+from sessiongate.signing_keys import load_keys, new_private_jwk, write_keys_file
 from sessiongate.testing import TokenizeTemplate, UvicornThread
 
 JS = Path(__file__).resolve().parents[1] / "js"
@@ -213,11 +221,139 @@ async def test_the_token_never_outlives_the_session(
     stack = make_stack(
         identity_token=token_settings(keys_file(tmp_path, new_private_jwk()), ttl="1h")
     )
+    tokens = stack.gate.gatekeeper.tokens
+    assert tokens is not None
     alice = stack.fake.login("alice@example.com", expires_in=timedelta(seconds=30))
+    expires_at = stack.fake.store.sessions[alice.id].expires_at.timestamp()
     async with stack.client() as c:
-        assert (await c.get("/x", headers={"X-Session-Token": alice.token})).status_code == 200
+        for _ in range(5):
+            r = await c.get("/x", headers={"X-Session-Token": alice.token})
+            assert r.status_code == 200
+    assert {bearer_of(stack.app, i) for i in range(5)} == {bearer_of(stack.app)}
     claims = jwt.decode(bearer_of(stack.app), options={"verify_signature": False})
-    assert claims["exp"] <= time.time() + 30
+    assert claims["exp"] == math.floor(expires_at)  # capped by the session, not now + 1h
+    assert tokens.minted == 1  # a capped token is not signed again
+
+
+class Clocks:
+    """A wall clock and a monotonic one that move together (tests move them)."""
+
+    def __init__(self, wall: float) -> None:
+        self.start = wall
+        self.now, self.mono = wall, 1000.0
+
+    def wall(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        self.mono += seconds
+
+    def at(self, since_start: float) -> None:
+        self.now, self.mono = self.start + since_start, 1000.0 + since_start
+
+
+def signer(tmp_path: Path, clocks: Clocks, ttl: float = 60.0) -> IdentityTokens:
+    return IdentityTokens(
+        header="Authorization",
+        source="gate",
+        issuer=ISSUER,
+        audience="urn:app",
+        ttl=ttl,
+        keys=load_keys(keys_file(tmp_path, new_private_jwk())),
+        monotonic=clocks.monotonic,
+        wall=clocks.wall,
+    )
+
+
+def session_entry(expires_at: float) -> CachedSession:
+    body = {"id": "s1", "identity": {"id": "i1", "traits": {"email": "a@example.test"}}}
+    return CachedSession.of("s1", "i1", expires_at, json.dumps(body).encode())
+
+
+def test_a_sessions_last_seconds_sign_once_then_give_no_token(tmp_path: Path) -> None:
+    """A token capped at the session's expires_at cannot be extended by signing again: it is
+    kept until its exp, then there is no token (503), never a signature per request."""
+    clocks = Clocks(wall=1_700_000_000.2)
+    tokens = signer(tmp_path, clocks)
+    entry = session_entry(expires_at=1_700_000_030.5)
+    first = tokens.attach(entry)
+    assert first is not None
+    claims = jwt.decode(first[1].split()[1], options={"verify_signature": False})
+    assert (claims["iat"], claims["exp"]) == (1_700_000_000, 1_700_000_030)
+    for step in range(1, 2980):  # 100 requests a second until just before exp
+        clocks.at(step / 100)
+        assert tokens.attach(entry) == first
+    assert tokens.minted == 1
+    for step in range(2980, 3030):  # the session's last 0.5 s: past exp, no token, no signing
+        clocks.at(step / 100)
+        assert tokens.attach(entry) is None
+    assert tokens.minted == 1
+
+
+def test_a_session_in_its_last_second_gets_no_token(tmp_path: Path) -> None:
+    clocks = Clocks(wall=1_700_000_030.2)
+    tokens = signer(tmp_path, clocks)
+    entry = session_entry(expires_at=1_700_000_030.9)  # floor(expires_at) already past
+    assert tokens.attach(entry) is None
+    assert tokens.attach(entry) is None
+    assert tokens.minted == 0
+
+
+def test_an_uncapped_token_is_signed_again_in_its_last_tenth(tmp_path: Path) -> None:
+    clocks = Clocks(wall=1_700_000_000.0)
+    tokens = signer(tmp_path, clocks, ttl=10)
+    entry = session_entry(expires_at=1_700_003_600.0)
+    first = tokens.attach(entry)
+    clocks.advance(8.9)
+    assert tokens.attach(entry) == first
+    clocks.advance(0.2)
+    second = tokens.attach(entry)
+    assert second is not None
+    assert second != first
+    assert tokens.minted == 2
+
+
+async def test_the_relays_whoami_signs_nothing_and_the_gate_signs_once_from_its_cache(
+    make_stack: Callable[..., Stack], tmp_path: Path
+) -> None:
+    stack = make_stack(identity_token=token_settings(keys_file(tmp_path, new_private_jwk())))
+    tokens = stack.gate.gatekeeper.tokens
+    assert tokens is not None
+    alice = stack.fake.login("alice@example.com")
+    auth = {"X-Session-Token": alice.token}
+    async with stack.client() as c:
+        r = await c.get("/sessions/whoami", headers=auth)  # the client's own whoami, relayed
+        assert r.status_code == 200
+        assert tokens.minted == 0  # cached, but nobody needs a token yet
+        whoami = stack.fake.count("GET", "/sessions/whoami")
+        for _ in range(3):
+            assert (await c.get("/x", headers=auth)).status_code == 200
+        assert stack.fake.count("GET", "/sessions/whoami") == whoami  # the relay's cache entry
+    assert tokens.minted == 1
+    audience = stack.upstream_server.url.rstrip("/")
+    assert pyjwt_verify(stack.url + JWKS, bearer_of(stack.app), audience)["sid"] == alice.id
+
+
+async def test_with_kratos_tokens_the_relays_whoami_is_not_cached_without_one(
+    make_stack: Callable[..., Stack],
+) -> None:
+    """The client's whoami asks no tokenize_as: its answer has no token to keep, so it is not
+    cached (a cached entry without a token would be 503 for the gate)."""
+    stack = make_stack(identity_token={"enabled": True, "source": "kratos", "tokenize_as": "jwt"})
+    alice = stack.fake.login("alice@example.com")
+    auth = {"X-Session-Token": alice.token}
+    async with stack.client() as c:
+        r = await c.get("/sessions/whoami", headers=auth)
+        assert r.status_code == 200
+        assert "tokenized" not in r.json()
+        r = await c.get("/x", headers=auth)
+        assert r.status_code == 200  # the gate's own whoami, with tokenize_as
+    (value,) = app_headers(stack.app, "authorization")
+    assert value.startswith("Bearer ey")
 
 
 async def test_spoofed_authorization_never_reaches_the_app(
@@ -420,6 +556,25 @@ async def test_middleware_mode_gets_the_token_and_serves_the_keys(
         assert pyjwt_verify(server.url + JWKS, token, "urn:app")["sub"] == alice.identity_id
         (verdict,) = jose_verify(server.url + JWKS, "urn:app", token)
         assert verdict["ok"]
+        # a public path: every client Authorization is removed, whatever its scheme
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as c:
+            r = await c.get(
+                "/public/page",
+                headers=[("Authorization", f"Bearer {alice.token}"), ("authorization", "Basic x")],
+            )
+            assert r.status_code == 200
+        assert app_headers(app, "authorization") == []
+        # a WebSocket authenticated by its Bearer session token carries the gate's token instead
+        from websockets.asyncio.client import connect
+
+        url = server.url.replace("http://", "ws://", 1) + "/ws"
+        headers = {"Authorization": f"Bearer {alice.token}"}
+        async with connect(url, additional_headers=headers, open_timeout=5) as ws:
+            await ws.recv()
+        assert app.requests[-1]["method"] == "WS"
+        socket_token = bearer_of(app)
+        assert socket_token != alice.token
+        assert pyjwt_verify(server.url + JWKS, socket_token, "urn:app")["sid"] == alice.id
     finally:
         server.stop()
 
@@ -516,8 +671,21 @@ async def test_a_decision_answer_carries_the_token_for_the_proxy_to_copy(
         scheme, token = r.headers["authorization"].split(" ")
         assert scheme == "Bearer"
         assert pyjwt_verify(stack.url + JWKS, token, audience)["sid"] == alice.id
-        # the proxy overwrites the client's Authorization with this one: not to be removed
-        assert "authorization" not in r.headers["x-envoy-auth-headers-to-remove"].split(",")
+        # the client's Authorization (here the Ory session token) is named for removal even
+        # so: a proxy that does not copy the answer's Authorization must not pass it on
+        assert "authorization" in r.headers["x-envoy-auth-headers-to-remove"].split(",")
+        # ... whatever the client's scheme
+        r = await c.get(
+            "/decisions",
+            headers=[
+                *forwarded("/cart"),
+                ("X-Session-Token", alice.token),
+                ("Authorization", "Basic eDp5"),
+            ],
+        )
+        assert r.status_code == 200
+        assert r.headers["authorization"].startswith("Bearer ")
+        assert "authorization" in r.headers["x-envoy-auth-headers-to-remove"].split(",")
         # a public path: no token, and every client Authorization is to be removed
         r = await c.get(
             "/decisions", headers=[*forwarded("/public/x"), ("Authorization", "Basic eDp5")]
@@ -525,6 +693,24 @@ async def test_a_decision_answer_carries_the_token_for_the_proxy_to_copy(
         assert r.status_code == 200
         assert "authorization" not in r.headers
         assert "authorization" in r.headers["x-envoy-auth-headers-to-remove"].split(",")
+
+
+async def test_a_decision_names_authorization_even_without_credential_stripping(
+    make_stack: Callable[..., Stack], tmp_path: Path
+) -> None:
+    stack = make_stack(
+        identity_token=token_settings(keys_file(tmp_path, new_private_jwk())),
+        forward_auth={"enabled": True, "source": "forwarded"},
+        upstream={"strip_credentials": False},
+    )
+    alice = stack.fake.login("alice@example.com")
+    async with stack.client() as c:
+        r = await c.get(
+            "/decisions",
+            headers=[*forwarded("/cart"), ("Authorization", f"Bearer {alice.token}")],
+        )
+    assert r.status_code == 200
+    assert "authorization" in r.headers["x-envoy-auth-headers-to-remove"].split(",")
 
 
 # -- pieces ---------------------------------------------------------------------------------
@@ -545,6 +731,26 @@ def test_claim_paths_take_every_item_of_a_list() -> None:
     assert claim_value(session, ("identity", "traits", "groups", "*", "name")) == ["a", "b"]
     assert claim_value(session, ("identity", "*")) is None  # not a list
     assert claim_value(session, ("identity", "traits", "missing")) is None
+
+
+def test_only_a_compact_jws_from_kratos_goes_into_a_header() -> None:
+    exp = int(time.time()) + 60
+    good = jwt.encode({"exp": exp}, "k" * 40, algorithm="HS256")
+    assert kratos_token({"tokenized": good}) == (good, float(exp))
+    tokens = IdentityTokens(header="Authorization", source="kratos")
+    for bad in [
+        good + "=",  # padding: PyJWT reads it, a header would carry it
+        good + "\r\nX-User-Id: admin",
+        good + " x",
+        good.replace(".", "..", 1),
+        good.rsplit(".", 1)[0],
+        "é" + good,
+        "",
+    ]:
+        assert kratos_token({"tokenized": bad}) is None, bad
+        body = json.dumps({"id": "s1", "identity": {"id": "i1"}, "tokenized": bad}).encode()
+        entry = CachedSession.of("s1", "i1", time.time() + 600, body)
+        assert tokens.attach(entry) is None  # no token: the gate answers 503
 
 
 def test_without_tokenized_keeps_kratos_bytes() -> None:
@@ -573,25 +779,18 @@ async def test_a_websocket_to_the_app_carries_the_token(
 
 
 # -- the shared mode: an entry from Redis gets its token too ------------------------------------
-@pytest.mark.parametrize("source", ["gate", "kratos"])
 async def test_a_session_from_redis_gets_its_token_without_whoami(
     make_stack: Callable[..., Stack],
     gate_on: Callable[..., str],
     redis_servers: RedisServers,  # noqa: F811
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
-    source: str,
 ) -> None:
     monkeypatch.setenv("SESSIONGATE_SECRET", "identity-token-test-secret-0123456789abcdef")
     redis = redis_servers.start()
-    if source == "gate":
-        token: dict[str, Any] = token_settings(keys_file(tmp_path, new_private_jwk()))
-        fake_options: dict[str, Any] = {}
-    else:
-        token = {"enabled": True, "source": "kratos", "tokenize_as": "app"}
-        fake_options = {"tokenize_templates": {"app": TokenizeTemplate(ttl=timedelta(seconds=30))}}
+    token = token_settings(keys_file(tmp_path, new_private_jwk()))
     shared = {"redis_url": redis.url}
-    stack = make_stack(fake_options, identity_token=token, shared=shared)
+    stack = make_stack(identity_token=token, shared=shared)
     other = gate_on(stack, identity_token=token, shared=shared)
     alice = stack.fake.login("alice@example.com")
     auth = {"X-Session-Token": alice.token}
@@ -602,8 +801,62 @@ async def test_a_session_from_redis_gets_its_token_without_whoami(
         assert (await c.get(other + "/x", headers=auth)).status_code == 200
         assert stack.fake.count("GET", "/sessions/whoami") == whoami  # from Redis
     second = bearer_of(stack.app)
-    if source == "kratos":
-        assert second == first  # Kratos' own token, carried in the shared entry
-    else:
-        audience = stack.upstream_server.url.rstrip("/")
-        assert pyjwt_verify(other + JWKS, second, audience)["sid"] == alice.id
+    assert second != first  # signed by the process that read the session
+    assert await redis_values_without(redis.url, first.encode())
+    audience = stack.upstream_server.url.rstrip("/")
+    assert pyjwt_verify(other + JWKS, second, audience)["sid"] == alice.id
+
+
+async def test_kratos_tokens_never_go_to_redis(
+    make_stack: Callable[..., Stack],
+    gate_on: Callable[..., str],
+    redis_servers: RedisServers,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Kratos' token is a bearer credential for the app: a session with one is not shared
+    through Redis; each process asks whoami (with tokenize_as) for its own."""
+    monkeypatch.setenv("SESSIONGATE_SECRET", "identity-token-test-secret-0123456789abcdef")
+    redis = redis_servers.start()
+    token = {"enabled": True, "source": "kratos", "tokenize_as": "app"}
+    fake_options = {"tokenize_templates": {"app": TokenizeTemplate(ttl=timedelta(seconds=30))}}
+    shared = {"redis_url": redis.url}
+    stack = make_stack(fake_options, identity_token=token, shared=shared)
+    other = gate_on(stack, identity_token=token, shared=shared)
+    alice = stack.fake.login("alice@example.com")
+    auth = {"X-Session-Token": alice.token}
+    async with httpx.AsyncClient(timeout=10) as c:
+        assert (await c.get(stack.url + "/x", headers=auth)).status_code == 200
+        first = bearer_of(stack.app)
+        whoami = stack.fake.count("GET", "/sessions/whoami")
+        assert (await c.get(other + "/x", headers=auth)).status_code == 200
+        assert stack.fake.count("GET", "/sessions/whoami") == whoami + 1  # its own whoami
+        assert (await c.get(other + "/x", headers=auth)).status_code == 200
+        assert stack.fake.count("GET", "/sessions/whoami") == whoami + 1  # then its cache
+    assert bearer_of(stack.app).count(".") == 2
+    assert await redis_values_without(redis.url, first.encode())
+
+
+async def redis_values_without(url: str, needle: bytes) -> bool:
+    """No string value in Redis holds `needle` (entries are deflated: look inflated too)."""
+    import zlib
+
+    import redis.asyncio as aioredis
+
+    from sessiongate.cache import _KRATOS_WORDS
+
+    client = aioredis.from_url(url)
+    try:
+        async for name in client.scan_iter(count=1000):
+            if await client.type(name) != b"string":
+                continue
+            value = await client.get(name) or b""
+            assert needle not in value
+            for at in range(len(value)):  # the deflated body starts somewhere in the entry
+                try:
+                    inflated = zlib.decompressobj(-15, zdict=_KRATOS_WORDS).decompress(value[at:])
+                except zlib.error:
+                    continue
+                assert needle not in inflated
+    finally:
+        await client.aclose()
+    return True
