@@ -31,14 +31,14 @@ import re
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
-
-import jwt
+from typing import TYPE_CHECKING, Any
 
 from sessiongate.cache import CachedSession
 from sessiongate.config import Settings
 from sessiongate.identity_headers import lookup
-from sessiongate.signing_keys import KeySet, load_keys
+
+if TYPE_CHECKING:
+    from sessiongate.signing_keys import KeySet
 
 log = logging.getLogger("sessiongate.identity_token")
 
@@ -75,6 +75,8 @@ def kratos_token(session: Any) -> tuple[str, float] | None:
     token = session.get("tokenized") if isinstance(session, dict) else None
     if not isinstance(token, str) or _COMPACT_JWS.fullmatch(token) is None:
         return None  # it goes into a header: nothing but a compact JWS (a refused template)
+    import jwt  # here: only a gate with identity tokens loads the JOSE and crypto libraries
+
     try:
         exp = jwt.decode(token, options={"verify_signature": False}).get("exp")
     except jwt.PyJWTError:
@@ -145,6 +147,8 @@ class IdentityTokens:
             return None
         keys = None
         if token.source == "gate":
+            from sessiongate.signing_keys import load_keys
+
             assert token.keys_file is not None, "validated with the settings"
             keys = load_keys(token.keys_file, token.signing_kid)  # KeysFileError: config
         return cls(
@@ -221,6 +225,8 @@ class IdentityTokens:
                 "jti": str(uuid.uuid4()),
             }
         )
+        import jwt
+
         assert self.keys is not None
         signing = self.keys.signing
         token = jwt.encode(claims, signing.private, algorithm=signing.alg, headers=self._headers)

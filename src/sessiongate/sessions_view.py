@@ -20,8 +20,6 @@ from functools import lru_cache
 from importlib.resources import files
 from typing import Any
 
-from ua_parser import parse as parse_user_agent
-
 __all__ = [
     "ASSETS",
     "STATUS_TEXT",
@@ -79,6 +77,8 @@ def _describe_device(user_agent: str) -> str:
     the caller escapes like any other (a user agent is whatever the client sent)."""
     if not user_agent:
         return "Unknown device"
+    from ua_parser import parse as parse_user_agent  # here: only a page shown loads its rules
+
     result = parse_user_agent(user_agent[:512])
     browser = os_name = device = ""
     if result.user_agent is not None and result.user_agent.family != "Other":
