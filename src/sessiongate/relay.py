@@ -15,7 +15,6 @@ the relay's pipeline, one stage per module:
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -35,6 +34,7 @@ from sessiongate.relay_admission import AdminAdmission
 from sessiongate.relay_handlers import RelayHandlers
 from sessiongate.relay_routes import Matched, RouteTable, canonical_id, reencode_query
 from sessiongate.relay_upstream import Answer, Call
+from sessiongate.request_body import GONE, read_body
 from sessiongate.responses import send_error
 from sessiongate.uuids import InvalidUUID
 
@@ -43,7 +43,7 @@ __all__ = ["MAX_BODY", "SessionsRelay"]
 log = logging.getLogger("sessiongate.relay")
 
 MAX_BODY = 64 * 1024
-_GONE = object()  # the client disconnected before its request was complete
+_GONE = GONE  # the client disconnected before its request was complete
 _NO_SESSION = "No valid session cookie found."  # Kratos' 401 reason on DELETE /sessions/{id}
 
 
@@ -192,23 +192,7 @@ class SessionsRelay:
     # -- I/O --------------------------------------------------------------------------------
     async def _read_body(self, receive: Receive) -> bytes | int | object | None:
         """The body; its size (int) past MAX_BODY; None past the deadline; _GONE on disconnect."""
-        chunks: list[bytes] = []
-        size = 0
-        try:
-            async with asyncio.timeout(self.body_deadline):
-                while True:
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
-                        return _GONE
-                    chunk = message.get("body", b"")
-                    size += len(chunk)
-                    if size > MAX_BODY:
-                        return size
-                    chunks.append(chunk)
-                    if not message.get("more_body"):
-                        return b"".join(chunks)
-        except TimeoutError:
-            return None
+        return await read_body(receive, limit=MAX_BODY, deadline=self.body_deadline)
 
     @staticmethod
     async def _send(scope: Scope, send: Send, answer: Answer) -> None:

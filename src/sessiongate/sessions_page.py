@@ -50,6 +50,7 @@ from sessiongate.redirects import safe_return_to, with_query
 from sessiongate.relay_handlers import RelayHandlers
 from sessiongate.relay_routes import PUBLIC_ROUTES, Route
 from sessiongate.relay_upstream import Answer, Call
+from sessiongate.request_body import read_body
 from sessiongate.sessions_view import (
     ASSETS,
     STATUS_TEXT,
@@ -427,26 +428,12 @@ class SessionsPage:
         return bool(sites)
 
     async def _read_form(self, receive: Receive) -> dict[str, str] | None:
-        chunks: list[bytes] = []
-        size = 0
-        try:
-            async with asyncio.timeout(self.body_deadline):
-                while True:
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
-                        return None
-                    chunk = message.get("body", b"")
-                    size += len(chunk)
-                    if size > MAX_FORM:
-                        return None
-                    chunks.append(chunk)
-                    if not message.get("more_body"):
-                        break
-        except TimeoutError:
-            return None
+        body = await read_body(receive, limit=MAX_FORM, deadline=self.body_deadline)
+        if not isinstance(body, bytes):
+            return None  # gone, too large, or too slow
         try:
             pairs = parse_qs(
-                b"".join(chunks).decode("ascii"),
+                body.decode("ascii"),
                 keep_blank_values=True,
                 strict_parsing=False,
                 max_num_fields=8,
