@@ -69,6 +69,7 @@ log = logging.getLogger("sessiongate.sessions_page")
 
 PAGE_SIZE = 50  # sessions per Kratos list call (Kratos' default is 250, its maximum 1000)
 TOKEN_MAX_AGE = 4 * 3600  # seconds a rendered page's forms stay valid
+STATUS_MAX_AGE = 120  # seconds the page shows what an action did (its redirect's proof)
 MAX_FORM = 4096  # bytes of a form post
 _ROUTES: dict[str, Route] = {r.name: r for r in PUBLIC_ROUTES}
 _JSON = [(b"accept", b"application/json")]
@@ -76,17 +77,28 @@ RawHeaders = list[tuple[bytes, bytes]]
 
 
 # -- CSRF -----------------------------------------------------------------------------------
+def _proven(session_id: str, status: str) -> str:
+    """What a status proof is bound to: this session and this status."""
+    return f"{session_id}\x00status\x00{status}"
+
+
 class CsrfTokens:
     """Per-page tokens: `ts.nonce.mac`, the MAC an HMAC-SHA256 over the session id, the time
     and the nonce. A token only works for the session it was rendered for, and for
     `max_age` seconds. The key comes from `SESSIONGATE_SECRET` (the same on every process, so
     a form may be posted to any of them) or, without it, is random to this process."""
 
-    def __init__(self, secret: bytes | None, *, max_age: float = TOKEN_MAX_AGE) -> None:
+    def __init__(
+        self,
+        secret: bytes | None,
+        *,
+        max_age: float = TOKEN_MAX_AGE,
+        purpose: bytes = b"sessiongate sessions_page csrf v1",
+    ) -> None:
         self.per_process = secret is None
         root = secret if secret is not None else secrets.token_bytes(SECRET_MIN_BYTES)
         # a key of its own: the shared mode keys its Redis digests with the same secret
-        self._key = hmac.new(root, b"sessiongate sessions_page csrf v1", hashlib.sha256).digest()
+        self._key = hmac.new(root, purpose, hashlib.sha256).digest()
         self.max_age = max_age
 
     def _mac(self, session_id: str, stamp: str, nonce: str) -> str:
@@ -139,7 +151,13 @@ class SessionsPage:
         self.handlers = handlers
         self.relay_mounted = relay_mounted
         self.body_deadline = settings.ory.timeout
-        self.tokens = CsrfTokens(secret if secret is not None else shared_secret())
+        key = secret if secret is not None else shared_secret()
+        self.tokens = CsrfTokens(key)
+        # the message after an action is shown only with the proof its redirect carried: a
+        # link cannot make the page say "signed out" when nothing was
+        self.proofs = CsrfTokens(
+            key, max_age=STATUS_MAX_AGE, purpose=b"sessiongate sessions_page status v1"
+        )
         # The shared mode: awaited after a revocation, so its evictions reach Redis before the
         # browser is sent back (set by the gate, as for the relay)
         self.published: Callable[[], Awaitable[object]] | None = None
@@ -233,6 +251,12 @@ class SessionsPage:
             await self._redirect(send, self.gatekeeper.login_redirect(scope))
             return
         status = _query_value(scope, "status")
+        proof = _query_value(scope, "proof") or ""
+        if (
+            status is not None
+            and self.proofs.check(_proven(current.session_id, status), proof) != "ok"
+        ):
+            status = None
         own = self.decider.origin(scope.get("scheme", "http"), scope["headers"])
         back = None
         if self.return_url is not None and own is not None:
@@ -340,7 +364,7 @@ class SessionsPage:
         current, credential = caller
         verdict = self.tokens.check(current.session_id, form.get("csrf", ""))
         if verdict == "expired":
-            await self._back(send, "expired")
+            await self._back(send, "expired", current.session_id)
             return
         if verdict != "ok":
             await _send_html(
@@ -357,9 +381,9 @@ class SessionsPage:
         if action == "revoke":
             await self._revoke_one(scope, send, current, credential, form.get("session", ""))
         elif action == "revoke_others":
-            await self._revoke_others(scope, send, credential)
+            await self._revoke_others(scope, send, credential, current.session_id)
         else:
-            await self._back(send, "invalid")
+            await self._back(send, "invalid", current.session_id)
 
     async def _revoke_one(
         self,
@@ -372,19 +396,21 @@ class SessionsPage:
         try:
             target = parse_uuid(raw_id)
         except InvalidUUID:
-            await self._back(send, "invalid")
+            await self._back(send, "invalid", current.session_id)
             return
         if target == current.session_id:  # Kratos refuses it (400) and so does the page
-            await self._back(send, "current")
+            await self._back(send, "current", current.session_id)
             return
         call = self._call(scope, "revoke_session", credential, "", target_id=target)
         answer = await self._revoking(self.handlers.revoke_one, call)
-        await self._after(scope, send, answer, "revoked")
+        await self._after(scope, send, answer, "revoked", current.session_id)
 
-    async def _revoke_others(self, scope: Scope, send: Send, credential: Credential | None) -> None:
+    async def _revoke_others(
+        self, scope: Scope, send: Send, credential: Credential | None, session_id: str
+    ) -> None:
         call = self._call(scope, "revoke_other_sessions", credential, "")
         answer = await self._revoking(self.handlers.revoke_others, call)
-        await self._after(scope, send, answer, "revoked_others")
+        await self._after(scope, send, answer, "revoked_others", session_id)
 
     async def _revoking(
         self, handler: Callable[[Call], Awaitable[Answer]], call: Call
@@ -398,15 +424,17 @@ class SessionsPage:
             await self.published()  # every process forgets the session before we answer
         return answer
 
-    async def _after(self, scope: Scope, send: Send, answer: Answer | None, done: str) -> None:
+    async def _after(
+        self, scope: Scope, send: Send, answer: Answer | None, done: str, session_id: str
+    ) -> None:
         if answer is None or answer.status == 503:
-            await self._back(send, "unavailable")
+            await self._back(send, "unavailable", session_id)
         elif answer.ok:
-            await self._back(send, done)
+            await self._back(send, done, session_id)
         elif answer.status == 401:
             await self._session_ended(scope, send)
         else:
-            await self._back(send, "failed")
+            await self._back(send, "failed", session_id)
 
     def _from_this_page(self, scope: Scope) -> bool:
         """A form post from this gate's own pages.
@@ -456,8 +484,9 @@ class SessionsPage:
         spec = _ROUTES[route]
         return Call(scope, spec, target_id, query, _JSON, b"", credential, spec.method)
 
-    async def _back(self, send: Send, status: str) -> None:
-        await self._redirect(send, with_query(self.path, status=status))
+    async def _back(self, send: Send, status: str, session_id: str) -> None:
+        proof = self.proofs.issue(_proven(session_id, status))
+        await self._redirect(send, with_query(self.path, status=status, proof=proof))
 
     async def _redirect(self, send: Send, location: str) -> None:
         await _send(

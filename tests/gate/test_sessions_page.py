@@ -138,12 +138,20 @@ async def test_forged_posts_are_refused_and_change_nothing(
 
         # the same token from the page, posted as the page does: accepted
         answer = await client.post(PAGE, data={**good, "csrf": token}, headers=same_origin)
-        assert (answer.status_code, answer.headers["location"]) == (303, PAGE + "?status=revoked")
+        assert answer.status_code == 303
+        assert answer.headers["location"].startswith(PAGE + "?status=revoked&proof=")
+        # the message is shown with the redirect's proof only: a crafted link (no proof, or the
+        # proof of another status) shows none
+        said = "The session was signed out"
+        assert said in (await client.get(answer.headers["location"])).text
+        assert said not in (await client.get(PAGE + "?status=revoked")).text
+        swapped = answer.headers["location"].replace("status=revoked", "status=revoked_others")
+        assert "All other sessions were signed out" not in (await client.get(swapped)).text
         # ...and with the gate's own Origin (a browser whose page sent a Referer)
         answer = await client.post(
             PAGE, data={"action": "revoke_others", "csrf": token}, headers={"origin": stack.url}
         )
-        assert answer.headers["location"] == PAGE + "?status=revoked_others"
+        assert answer.headers["location"].startswith(PAGE + "?status=revoked_others&proof=")
     assert [fake.is_session_active(s.id) for s in (current, other, third)] == [True, False, False]
 
 
@@ -159,7 +167,7 @@ async def test_the_current_session_is_not_signed_out_from_the_list(
             data={"action": "revoke", "session": current.id.upper(), "csrf": token},
             headers=stack.form_headers(),
         )
-        assert answer.headers["location"] == PAGE + "?status=current"
+        assert answer.headers["location"].startswith(PAGE + "?status=current&proof=")
         shown = await client.get(answer.headers["location"])
         status = re.search(r'<p class="sg-status[^>]*>(.*?)</p>', shown.text)
         assert status is not None
@@ -170,7 +178,7 @@ async def test_the_current_session_is_not_signed_out_from_the_list(
             data={"action": "revoke", "session": "../sessions", "csrf": token},
             headers=stack.form_headers(),
         )
-        assert bad.headers["location"] == PAGE + "?status=invalid"
+        assert bad.headers["location"].startswith(PAGE + "?status=invalid&proof=")
     assert stack.revokes() == 0
     assert stack.fake.is_session_active(current.id)
     assert stack.fake.is_session_active(other.id)
@@ -191,7 +199,7 @@ async def test_a_page_left_open_too_long_asks_to_try_again(
             data={"action": "revoke", "session": other.id, "csrf": token},
             headers=stack.form_headers(),
         )
-        assert answer.headers["location"] == PAGE + "?status=expired"
+        assert answer.headers["location"].startswith(PAGE + "?status=expired&proof=")
         shown = await client.get(answer.headers["location"])
         assert '<p class="sg-status sg-error" role="alert">This page was open too long' in (
             shown.text
@@ -284,7 +292,7 @@ async def test_kratos_unreachable_the_page_says_so_and_signs_nobody_out(
             data={"action": "revoke", "session": other.id, "csrf": token},
             headers=stack.form_headers(),
         )
-        assert answer.headers["location"] == PAGE + "?status=unavailable"
+        assert answer.headers["location"].startswith(PAGE + "?status=unavailable&proof=")
     assert stack.fake.is_session_active(other.id)
 
 
@@ -314,7 +322,7 @@ async def test_a_form_from_one_process_works_at_another_and_every_process_forget
                 data=form,
                 headers={**as_phone, "Origin": "null", "Sec-Fetch-Site": "same-origin"},
             )
-            assert done.headers["location"] == PAGE + "?status=revoked"
+            assert done.headers["location"].startswith(PAGE + "?status=revoked&proof=")
             for gate in (a, b):
                 assert (await get(client, gate, laptop.token)).status_code == 401
                 assert (await get(client, gate, phone.token)).status_code == 200

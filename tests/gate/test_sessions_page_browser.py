@@ -11,6 +11,7 @@ directory under pytest's tmp path; the path is printed.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -143,7 +144,9 @@ async def test_two_devices_sign_the_other_out(
 
             # sign the phone out from the laptop
             await phone_card.get_by_role("button", name="Sign out this session").click()
-            await laptop_page.wait_for_url(stack.page_url + "?status=revoked")
+            await laptop_page.wait_for_url(
+                re.compile(re.escape(stack.page_url + "?status=revoked&proof=") + ".+")
+            )
             status = await laptop_page.get_by_role("status").inner_text()
             assert "The session was signed out" in status
             assert await _card(laptop_page, "Mobile Safari").count() == 0
@@ -191,7 +194,9 @@ async def test_sign_out_all_other_sessions_with_three_devices(
                 assert not await _is_sent_to_login(ctx, stack)
 
             await mac.get_by_role("button", name="Sign out all other sessions").click()
-            await mac.wait_for_url(stack.page_url + "?status=revoked_others")
+            await mac.wait_for_url(
+                re.compile(re.escape(stack.page_url + "?status=revoked_others&proof=") + ".+")
+            )
             assert (
                 "All other sessions were signed out" in await mac.get_by_role("status").inner_text()
             )
@@ -260,7 +265,9 @@ async def test_a_cross_origin_form_post_is_refused_even_with_a_valid_token(
                 assert not await _is_sent_to_login(phone, stack)
                 # the same token from the page itself works: only the origin differed
                 await page.get_by_role("button", name="Sign out all other sessions").click()
-                await page.wait_for_url(stack.page_url + "?status=revoked_others")
+                await page.wait_for_url(
+                    re.compile(re.escape(stack.page_url + "?status=revoked_others&proof=") + ".+")
+                )
                 assert await _is_sent_to_login(phone, stack)
             finally:
                 await browser.close()
