@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import stat
-import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,8 +15,14 @@ from typing import Any
 import jwt
 import pytest
 
-from sessiongate.signing_keys import load_keys, new_private_jwk, thumbprint, write_keys_file
-from test_cli import SCRIPT, clean_env, run_cli, write_config
+from sessiongate.signing_keys import (
+    KeysFileError,
+    load_keys,
+    new_private_jwk,
+    thumbprint,
+    write_keys_file,
+)
+from test_cli import run_cli, write_config
 
 NOBODY = 65534
 
@@ -157,27 +162,47 @@ def test_a_keys_file_its_group_may_only_read_is_accepted_and_kept_so(tmp_path: P
     assert len(load_keys(keys).keys) == 2
 
 
-def test_check_config_refuses_an_unreadable_keys_file(shared_dir: Path) -> None:
+def _load_as(uid: int, keys: Path) -> list[str]:
+    """`load_keys` in a forked child running as `uid` (root reads anything; a gate runs as its
+    own user). In-process, so the checkout itself need not be readable by that user."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop to uid, report the problems, exit
+        code = 0
+        try:
+            os.close(read)
+            os.setgroups([])
+            os.setresgid(uid, uid, uid)
+            os.setresuid(uid, uid, uid)
+            try:
+                load_keys(keys)
+                problems: list[str] = []
+            except KeysFileError as exc:
+                problems = exc.problems
+            os.write(write, json.dumps(problems).encode())
+        except BaseException:
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read, "rb") as out:
+        data = out.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    return json.loads(data)
+
+
+def test_an_unreadable_keys_file_is_refused_naming_the_key_path(shared_dir: Path) -> None:
     keys = shared_dir / "keys.json"
     write_keys_file(keys, {"keys": [new_private_jwk()]})  # 0600, ours
-    config = config_for(shared_dir, keys)
     if os.geteuid() == 0:  # root reads anything: ask as another user, as a gate would run
-        command = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
-        if shutil.which("setpriv") is None:
-            pytest.skip("setpriv is not installed")
+        problems = _load_as(NOBODY, keys)
     else:
         keys.chmod(0o000)
-        command = []
-    result = subprocess.run(
-        [*command, SCRIPT, "check-config", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=clean_env(),
-        check=False,
-    )
-    assert result.returncode == 2
-    assert f"identity_token.keys_file: {keys}: cannot read it: Permission denied" in result.stderr
+        with pytest.raises(KeysFileError) as err:
+            load_keys(keys)
+        problems = err.value.problems
+    assert problems == [f"identity_token.keys_file: {keys}: cannot read it: Permission denied"]
 
 
 def test_check_config_refuses_a_signing_kid_that_cannot_sign(tmp_path: Path) -> None:
