@@ -496,7 +496,21 @@ FORWARD_AUTH_SOURCES = {
     "original": "X-Original-Method and X-Original-URL (ingress-nginx)",
     "path": "the path after forward_auth.path (nginx auth_request, Envoy ext_authz)",
 }
-_DECISION_PATH = re.compile(r"(/[A-Za-z0-9._~-]+)+")
+_ROUTE_PATH = re.compile(r"(/[A-Za-z0-9._~-]+)+")
+
+
+def route_path(value: str, example: str, *, trailing_slash: bool = True) -> str:
+    """A path the gate answers itself (decisions, the sessions page, the JWKS): plain
+    segments, no dot segments; a ValueError naming `example` otherwise. A trailing slash is
+    dropped, unless `trailing_slash` is False (then it is refused)."""
+    if trailing_slash:
+        value = value.rstrip("/")
+    if not _ROUTE_PATH.fullmatch(value) or any(seg in (".", "..") for seg in value.split("/")):
+        raise ValueError(
+            f"a path such as {example}: starts with '/', segments of A-Z a-z 0-9 . _ ~ -, "
+            f"no dot segments, got {value or '/'!r}"
+        )
+    return value
 
 
 class ForwardAuth(_Section):
@@ -515,13 +529,7 @@ class ForwardAuth(_Section):
     @field_validator("path")
     @classmethod
     def _path(cls, v: str) -> str:
-        v = v.rstrip("/")
-        if not _DECISION_PATH.fullmatch(v) or any(seg in (".", "..") for seg in v.split("/")):
-            raise ValueError(
-                f"a path such as /decisions: starts with '/', segments of A-Z a-z 0-9 . _ ~ -, "
-                f"no dot segments, got {v or '/'!r}"
-            )
-        return v
+        return route_path(v, "/decisions")
 
     @field_validator("source")
     @classmethod
@@ -626,7 +634,6 @@ class SessionsApi(_Section):
         return v
 
 
-_PAGE_PATH = re.compile(r"(/[A-Za-z0-9._~-]+)+")
 # what no URL written into the page may hold: controls, whitespace, quotes, `<>`, backslash
 _URL_UNSAFE = re.compile(r"[\x00-\x20\x7f-\x9f\"'<>\\`]")
 
@@ -664,13 +671,7 @@ class SessionsPageSettings(_Section):
     @field_validator("path")
     @classmethod
     def _path(cls, v: str) -> str:
-        v = v.rstrip("/")
-        if not _PAGE_PATH.fullmatch(v) or any(seg in (".", "..") for seg in v.split("/")):
-            raise ValueError(
-                f"a path such as /.sessiongate/sessions: starts with '/', segments of A-Z a-z "
-                f"0-9 . _ ~ -, no dot segments, got {v or '/'!r}"
-            )
-        return v
+        return route_path(v, "/.sessiongate/sessions")
 
     @field_validator("title")
     @classmethod
@@ -881,12 +882,7 @@ class IdentityToken(_Section):
     @field_validator("jwks_path")
     @classmethod
     def _jwks_path(cls, v: str) -> str:
-        if not _DECISION_PATH.fullmatch(v) or any(seg in (".", "..") for seg in v.split("/")):
-            raise ValueError(
-                f"a path such as /.well-known/jwks.json: starts with '/', segments of "
-                f"A-Z a-z 0-9 . _ ~ -, no dot segments, got {v!r}"
-            )
-        return v
+        return route_path(v, "/.well-known/jwks.json", trailing_slash=False)
 
     @model_validator(mode="after")
     def _source_fits(self) -> IdentityToken:
