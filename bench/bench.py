@@ -69,6 +69,9 @@ BENCH_SECRET = "bench-secret-bench-secret-0123456789abcdef"  # noqa: S105 (loopb
 # signature per request), against the same row without
 SIGNED_JWT = "sessiongate proxy (granian), identity token"
 AUTH_REQUEST = "nginx auth_request+cache"
+# issue 15's limit: the gate's data path with no gate in it (the same client, server and core)
+EMPTY_ASGI = "empty proxy (aiohttp, granian ASGI)"
+EMPTY_RSGI = "empty proxy (aiohttp, granian RSGI)"
 BARE = "bare ASGI app"
 MIDDLEWARE = "middleware mode"
 REFERENCE = "starlette+httpx gate"
@@ -77,7 +80,17 @@ UVICORN = "sessiongate proxy (uvicorn)"
 #: `--rows`: row groups; the nginx anchors always run (every ratio needs them)
 ANCHORS = ("direct (nginx static)", "nginx proxy, no auth", AUTH_REQUEST)
 GROUPS = {
-    "proxy": (GRANIAN, METRICS_OFF, SIGNED_JWT, UVICORN, REFERENCE, ACCESS_JSON, ACCESS_OFF),
+    "proxy": (
+        GRANIAN,
+        METRICS_OFF,
+        SIGNED_JWT,
+        UVICORN,
+        REFERENCE,
+        ACCESS_JSON,
+        ACCESS_OFF,
+        EMPTY_ASGI,
+        EMPTY_RSGI,
+    ),
     "middleware": (BARE, MIDDLEWARE),
     "workers": (TWO_WORKERS, SHARED, STRICT),
     "forward-auth": (NO_CACHE, DECISIONS),
@@ -436,6 +449,53 @@ def identity_token_config(work: Path, port: int) -> str:
     )
 
 
+# The empty proxies: what forwarding alone costs on the gate's path (aiohttp to the backend,
+# response streamed back, no authentication, no header work), under granian's two interfaces.
+EMPTY_PROXIES = """
+import os
+import aiohttp
+
+UPSTREAM = os.environ["BENCH_BACKEND"]
+session = None
+
+def client():
+    global session
+    if session is None:
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=512), auto_decompress=False
+        )
+    return session
+
+async def asgi(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    async with client().get(UPSTREAM + scope["path"]) as r:
+        await send({"type": "http.response.start", "status": r.status,
+                    "headers": [(b"content-length", r.headers["content-length"].encode())]})
+        async for chunk in r.content.iter_chunked(65536):
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+async def rsgi(scope, protocol):
+    if scope.proto != "http":
+        return
+    async with client().get(UPSTREAM + scope.path) as r:
+        transport = protocol.response_stream(
+            r.status, [("content-length", r.headers["content-length"])]
+        )
+        async for chunk in r.content.iter_chunked(65536):
+            await transport.send_bytes(chunk)
+"""
+
+
+def granian_args(target: str, port: int, interface: str) -> list[str]:
+    return [
+        *(PYTHON, "-m", "granian", "--interface", interface, "--loop", "uvloop", "--no-ws"),
+        *("--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"),
+        *("--http", "1", "--backlog", "4096", target),
+    ]
+
+
 MIDDLEWARE_APP = """
 import os
 from sessiongate.config import load_settings
@@ -684,6 +744,12 @@ def main() -> int:
                 [str(work), str(HERE.parent / "src"), str(HERE.parent)]
             )
             servers["bare ASGI app"] = uvicorn_args("mw_app:bare", bare_port)
+            (work / "empty_proxies.py").write_text(EMPTY_PROXIES)
+            env["BENCH_BACKEND"] = backend
+            for name, interface in ((EMPTY_ASGI, "asgi"), (EMPTY_RSGI, "rsgi")):
+                port = free_port()
+                servers[name] = granian_args(f"empty_proxies:{interface}", port, interface)
+                add(name, port)
             servers["middleware mode"] = uvicorn_args("mw_app:gated", mw_port)
             server_ports = {
                 "starlette+httpx gate": ref_port,
@@ -910,6 +976,11 @@ def print_table(results: list[Result], extra: dict[str, object], args: argparse.
         (STRICT, TWO_WORKERS),
         (ACCESS_JSON, ACCESS_OFF),  # target >= 0.9
         (SIGNED_JWT, GRANIAN),  # target >= 0.95
+        # the limit: forwarding alone (no gate) against the anchor, and the gate against it
+        (EMPTY_ASGI, AUTH_REQUEST),
+        (EMPTY_RSGI, AUTH_REQUEST),
+        (EMPTY_RSGI, EMPTY_ASGI),
+        (GRANIAN, EMPTY_ASGI),
     ]
     for c in sorted({r.connections for r in results}):
         print()

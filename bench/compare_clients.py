@@ -1,9 +1,11 @@
 """Which HTTP client should forward requests on the gate's hot path? Measure, don't guess.
 
 Starts nginx on 127.0.0.1 serving a fixed ~1 KB body, then, one at a time, a minimal pure-ASGI
-forwarding proxy under uvicorn (uvloop + httptools) built on each candidate client, pinned to
-core 1, and drives it with wrk pinned to core 0. Prints req/s and p99 for each, and each as a
-ratio to nginx served directly and to the httpx baseline, all from the same run.
+forwarding proxy under uvicorn (uvloop + httptools) or granian built on each candidate client,
+pinned to core 1, and drives it with wrk pinned to core 0. Prints req/s and p99 for each, and
+each as a ratio to nginx served directly and to the httpx baseline, all from the same run.
+Two more rows bound the servers themselves: `none` answers 1 KB without any client (the
+server's own ceiling), and the `_rsgi` rows are the same apps under granian's RSGI interface.
 
     python bench/compare_clients.py [--duration 5] [--connections 64] [--servers uvicorn,granian]
 
@@ -27,6 +29,22 @@ from pathlib import Path
 from bench import free_port, wait_port
 
 CANDIDATES = {
+    # no client: the app answers 1 KB itself, so the server's own ceiling (ASGI, then RSGI)
+    "none": """
+BODY = b"x" * 1024
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-length", b"1024")]})
+    await send({"type": "http.response.body", "body": BODY})
+""",
+    "none_rsgi": """
+BODY = b"x" * 1024
+async def app(scope, protocol):
+    if scope.proto == "http":
+        protocol.response_bytes(200, [("content-length", "1024")], BODY)
+""",
     "httpx": """
 import httpx
 client = None
@@ -58,6 +76,23 @@ async def app(scope, receive, send):
         async for chunk in r.content.iter_chunked(65536):
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
+""",
+    # the same client under granian's RSGI: no ASGI message dicts (granian only)
+    "aiohttp_rsgi": """
+import aiohttp
+session = None
+async def app(scope, protocol):
+    global session
+    if scope.proto != "http":
+        return
+    if session is None:
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256),
+                                        auto_decompress=False)
+    async with session.get(UPSTREAM + scope.path) as r:
+        transport = protocol.response_stream(
+            r.status, [("content-length", r.headers["content-length"])])
+        async for chunk in r.content.iter_chunked(65536):
+            await transport.send_bytes(chunk)
 """,
     "pyreqwest": """
 from pyreqwest.client import ClientBuilder
@@ -101,7 +136,8 @@ def start_nginx(workdir: Path, port: int) -> subprocess.Popen[bytes]:
 def server_args(server: str, name: str, port: int) -> list[str]:
     common = ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
     if server == "granian":
-        return ["-m", "granian", "--interface", "asgi", "--loop", "uvloop", "--no-ws",
+        interface = "rsgi" if name.endswith("_rsgi") else "asgi"
+        return ["-m", "granian", "--interface", interface, "--loop", "uvloop", "--no-ws",
                 *common, f"proxy_{name}:app"]  # fmt: skip
     return ["-m", "uvicorn", f"proxy_{name}:app", *common, "--no-access-log",
             "--loop", "uvloop", "--http", "httptools"]  # fmt: skip
@@ -149,6 +185,8 @@ def main() -> int:
             upstream = f"http://127.0.0.1:{nginx_port}"
             results["nginx direct"] = wrk(upstream + "/", args.duration, args.connections)
             for (name, source), server in itertools.product(CANDIDATES.items(), servers):
+                if name.endswith("_rsgi") and server != "granian":
+                    continue  # RSGI is granian's own interface
                 module = workdir / f"proxy_{name}.py"
                 module.write_text(f"UPSTREAM = {upstream!r}\n" + textwrap.dedent(source))
                 port = free_port()
@@ -158,7 +196,6 @@ def main() -> int:
                     ["taskset", "-c", "1", sys.executable, *server_args(server, name, port)],
                     env=env,
                     stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
                 )
                 try:
                     wait_port(port)
