@@ -72,6 +72,7 @@ AUTH_REQUEST = "nginx auth_request+cache"
 # issue 15's limit: the gate's data path with no gate in it (the same client, server and core)
 EMPTY_ASGI = "empty proxy (aiohttp, granian ASGI)"
 EMPTY_RSGI = "empty proxy (aiohttp, granian RSGI)"
+RSGI_ADAPTER = "sessiongate proxy, RSGI adapter (prototype)"  # bench/rsgi_adapter.py
 BARE = "bare ASGI app"
 MIDDLEWARE = "middleware mode"
 REFERENCE = "starlette+httpx gate"
@@ -90,6 +91,7 @@ GROUPS = {
         ACCESS_OFF,
         EMPTY_ASGI,
         EMPTY_RSGI,
+        RSGI_ADAPTER,
     ),
     "middleware": (BARE, MIDDLEWARE),
     "workers": (TWO_WORKERS, SHARED, STRICT),
@@ -750,6 +752,14 @@ def main() -> int:
                 port = free_port()
                 servers[name] = granian_args(f"empty_proxies:{interface}", port, interface)
                 add(name, port)
+            rsgi_port = free_port()
+            servers[RSGI_ADAPTER] = [
+                "env",
+                f"SESSIONGATE_CONFIG={gate_config(work, ports, rsgi_port, backend)}",
+                *granian_args("bench.rsgi_adapter:gate", rsgi_port, "rsgi")[:-1],
+                *("--factory", "bench.rsgi_adapter:gate"),
+            ]
+            add(RSGI_ADAPTER, rsgi_port)
             servers["middleware mode"] = uvicorn_args("mw_app:gated", mw_port)
             server_ports = {
                 "starlette+httpx gate": ref_port,
@@ -981,6 +991,7 @@ def print_table(results: list[Result], extra: dict[str, object], args: argparse.
         (EMPTY_RSGI, AUTH_REQUEST),
         (EMPTY_RSGI, EMPTY_ASGI),
         (GRANIAN, EMPTY_ASGI),
+        (RSGI_ADAPTER, GRANIAN),  # the gate's core behind a thin RSGI adapter
     ]
     for c in sorted({r.connections for r in results}):
         print()
