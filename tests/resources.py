@@ -51,10 +51,10 @@ async def until(condition: Callable[[], bool], seconds: float = 5.0) -> bool:
 
 
 def gate_task_count(stack: Any) -> int:
-    """Tasks alive in the gate's own event loop (uvicorn runs it in a thread of this process)."""
-    server = stack.gate_server._server
-    assert server is not None
-    loop = server.servers[0].get_loop()
+    """Tasks alive in the gate's own event loop (its server runs it in a thread of this
+    process)."""
+    loop = stack.gate_server.loop
+    assert loop is not None
 
     async def count() -> int:
         return len(asyncio.all_tasks()) - 1  # minus this counting task

@@ -1,4 +1,4 @@
-"""The gate test stack: Kratos fake, echo app and the gate under uvicorn on 127.0.0.1."""
+"""The gate test stack: Kratos fake, echo app and the gate under a real server on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import httpx
 from apps import EchoApp
 from sessiongate.config import Settings
 from sessiongate.gate import Gate
-from sessiongate.testing import FakeKratosServer, KratosFake, UvicornThread
+from sessiongate.testing import FakeKratosServer, GranianThread, KratosFake, UvicornThread
 
 
 @dataclass
@@ -18,7 +18,7 @@ class Stack:
     kratos: FakeKratosServer
     app: EchoApp
     gate: Gate
-    gate_server: UvicornThread
+    gate_server: UvicornThread | GranianThread
     upstream_server: UvicornThread
 
     @property

@@ -26,7 +26,7 @@ from websockets.exceptions import InvalidStatus
 
 from resources import PeakRSS, gate_task_count, until
 from sessiongate.gate import Gate
-from sessiongate.testing import FakeKratosServer, UvicornThread
+from sessiongate.testing import FakeKratosServer, UvicornThread, serve_thread
 from sessiongate.testing.server import bind_loopback
 
 MB = 1 << 20
@@ -283,9 +283,16 @@ def no_asgi_exceptions() -> Iterator[list[logging.LogRecord]]:
 
 
 @pytest.fixture
-def make_probe_stack() -> Iterator[Callable[..., Stack]]:
+def make_stack(make_stack_under: Callable[[str], Callable[..., Stack]], gate_server: str):
+    """This module's `make_stack` (and so `stack`): the gate under each server."""
+    return make_stack_under(gate_server)
+
+
+@pytest.fixture
+def make_probe_stack(gate_server: str) -> Iterator[Callable[..., Stack]]:
     """Like `make_stack`, with any upstream app (default `ProbeApp`) or an upstream URL, and
-    the gate under uvicorn with the CLI's options (no proxy headers, no Server header)."""
+    the gate under each server with the CLI's options (uvicorn: no proxy headers, no Server
+    header)."""
     started: list[Callable[[], None]] = []
 
     def build(app: Any = None, upstream_url: str | None = None, **overrides: Any) -> Stack:
@@ -301,10 +308,12 @@ def make_probe_stack() -> Iterator[Callable[..., Stack]]:
         gate = Gate(settings_for(kratos.public_url, upstream_url, **overrides))
         # as `sessiongate serve` runs it: uvicorn's own X-Forwarded-* handling (on by default,
         # trusting 127.0.0.1) would rewrite the peer before the gate's trusted_proxies decide
-        gate_server = UvicornThread(gate, lifespan="on", proxy_headers=False, server_header=False)
-        gate_server.start()
-        started.append(gate_server.stop)
-        return Stack(kratos, upstream.app, gate, gate_server, upstream)  # type: ignore[arg-type]
+        server = serve_thread(
+            gate_server, gate, lifespan="on", proxy_headers=False, server_header=False
+        )
+        server.start()
+        started.append(server.stop)
+        return Stack(kratos, upstream.app, gate, server, upstream)  # type: ignore[arg-type]
 
     yield build
     for stop in reversed(started):

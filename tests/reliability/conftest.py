@@ -7,4 +7,4 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gate"))
 
-from conftest_gate import make_stack, stack  # noqa: F401  (fixtures, re-exported)
+from conftest_gate import gate_server, make_stack, make_stack_under, stack  # noqa: F401  (fixtures, re-exported)

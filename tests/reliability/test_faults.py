@@ -42,7 +42,7 @@ from gate_stack import Stack, settings_for
 from apps import EchoApp
 from resources import PeakRSS, gate_task_count, until
 from sessiongate.gate import Gate
-from sessiongate.testing import CreatedSession, FakeKratosServer, UvicornThread
+from sessiongate.testing import CreatedSession, FakeKratosServer, UvicornThread, serve_thread
 
 MB = 1 << 20
 ORY_TIMEOUT = 1.0
@@ -69,7 +69,7 @@ def _port(url: str) -> int:
 
 
 @pytest.fixture
-def make_faulty() -> Iterator[Callable[..., FaultStack]]:
+def make_faulty(gate_server: str) -> Iterator[Callable[..., FaultStack]]:
     """gate → FaultProxy → Kratos fake, gate → FaultProxy → EchoApp; short timeouts."""
     started: list[Callable[[], None]] = []
 
@@ -91,10 +91,10 @@ def make_faulty() -> Iterator[Callable[..., FaultStack]]:
         for key, value in overrides.items():
             sections[key] = {**sections.get(key, {}), **value}
         gate = Gate(settings_for(kratos_proxy.url, app_proxy.url, **sections))
-        gate_server = UvicornThread(gate, lifespan="on")
-        gate_server.start()
-        started.append(gate_server.stop)
-        return FaultStack(kratos, app, gate, gate_server, upstream, kratos_proxy, app_proxy)
+        server = serve_thread(gate_server, gate, lifespan="on")
+        server.start()
+        started.append(server.stop)
+        return FaultStack(kratos, app, gate, server, upstream, kratos_proxy, app_proxy)
 
     yield build
     for stop in reversed(started):

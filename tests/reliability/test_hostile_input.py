@@ -36,7 +36,13 @@ from starlette.types import Receive, Scope, Send
 
 from apps import EchoApp
 from sessiongate.gate import Gate
-from sessiongate.testing import FakeKratosServer, KratosFake, UvicornThread
+from sessiongate.testing import (
+    SERVERS,
+    FakeKratosServer,
+    KratosFake,
+    UvicornThread,
+    serve_thread,
+)
 
 WHOAMI = ("GET", "/sessions/whoami")
 OWNED = ("x-user-id", "x-user-email", "x-session-id", "x-kratos-authenticated-identity-id")
@@ -89,17 +95,18 @@ def exchange(port: int, data: bytes, timeout: float = 15) -> Reply:
     return Reply(int(status_line.split()[1]), headers, body)
 
 
-@pytest.fixture(scope="module")
-def stack() -> Iterator[Stack]:
-    """One gate stack for the module, built as `make_stack()` builds it (tests/gate): starting
-    and stopping four servers per case would cost most of this module's time budget. Tests
-    therefore look at what changed during them (`Mark`), never at totals."""
+@pytest.fixture(scope="module", params=SERVERS)
+def stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
+    """One gate stack for the module per server (uvicorn, granian), built as `make_stack()`
+    builds it (tests/gate): starting and stopping four servers per case would cost most of this
+    module's time budget. Tests therefore look at what changed during them (`Mark`), never at
+    totals."""
     kratos = FakeKratosServer().start()
     app = EchoApp()
     upstream = UvicornThread(app)
     upstream.start()
     gate = Gate(settings_for(kratos.public_url, upstream.url))
-    gate_server = UvicornThread(gate, lifespan="on")
+    gate_server = serve_thread(request.param, gate, lifespan="on")
     gate_server.start()
     yield Stack(kratos, app, gate, gate_server, upstream)
     gate_server.stop()
@@ -650,7 +657,7 @@ MakeProbe = Callable[..., ProbeStack]
 
 
 @pytest.fixture
-def make_probe() -> Iterator[MakeProbe]:
+def make_probe(gate_server: str) -> Iterator[MakeProbe]:
     stops: list[Callable[[], None]] = []
 
     def build(delay: float = 0.0, reply_email: str | None = None, **overrides: Any) -> ProbeStack:
@@ -665,10 +672,10 @@ def make_probe() -> Iterator[MakeProbe]:
         upstream.start()
         stops.append(upstream.stop)
         gate = Gate(settings_for(kratos.url, upstream.url, **overrides))
-        gate_server = UvicornThread(gate, lifespan="on", backlog=4096)
-        gate_server.start()
-        stops.append(gate_server.stop)
-        return ProbeStack(probe, app, gate, gate_server.url)
+        server = serve_thread(gate_server, gate, lifespan="on", backlog=4096)
+        server.start()
+        stops.append(server.stop)
+        return ProbeStack(probe, app, gate, server.url)
 
     yield build
     for stop in reversed(stops):

@@ -10,8 +10,23 @@
 """
 
 from sessiongate.testing.app import KratosFake
-from sessiongate.testing.server import FakeKratosServer, UvicornThread
+from sessiongate.testing.server import (
+    SERVERS,
+    FakeKratosServer,
+    GranianThread,
+    UvicornThread,
+    serve_thread,
+)
 from sessiongate.testing.store import CreatedSession
 from sessiongate.testing.tokenizer import TokenizeTemplate
 
-__all__ = ["CreatedSession", "FakeKratosServer", "KratosFake", "TokenizeTemplate", "UvicornThread"]
+__all__ = [
+    "SERVERS",
+    "CreatedSession",
+    "FakeKratosServer",
+    "GranianThread",
+    "KratosFake",
+    "TokenizeTemplate",
+    "UvicornThread",
+    "serve_thread",
+]

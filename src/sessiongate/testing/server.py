@@ -1,7 +1,10 @@
-"""Runs ASGI apps under real uvicorn servers on loopback, each in its own thread.
+"""Runs ASGI apps under real servers on loopback, each in its own thread.
 
 `UvicornThread` binds its socket before the app is built, so a fake can know its own URL
 (Kratos builds absolute logout URLs from its configured base URL) even on a free port.
+`GranianThread` runs an app under granian, the gate's default server, with the options
+`sessiongate serve` gives it (granian's embedded server, on the thread's own uvloop loop), so
+the gate's server-level tests run under both servers (`serve_thread`).
 `FakeKratosServer` is a started `KratosFake` on one or two ports.
 """
 
@@ -38,6 +41,7 @@ class UvicornThread:
         self.sock = sock or bind_loopback()
         self.app = app
         self.config = config
+        self.loop: asyncio.AbstractEventLoop | None = None  # the app's loop, once started
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -59,11 +63,14 @@ class UvicornThread:
             "proxy_headers": False,
         }
         options.update(self.config)
-        self._server = uvicorn.Server(uvicorn.Config(self.app, **options))
+        self._server = server = uvicorn.Server(uvicorn.Config(self.app, **options))
+
+        async def serve() -> None:
+            self.loop = asyncio.get_running_loop()
+            await server.serve(sockets=[self.sock])
+
         self._thread = threading.Thread(
-            target=lambda: asyncio.run(self._server.serve(sockets=[self.sock])),  # type: ignore[union-attr]
-            name=f"uvicorn-{self.port}",
-            daemon=True,
+            target=lambda: asyncio.run(serve()), name=f"uvicorn-{self.port}", daemon=True
         )
         self._thread.start()
         deadline = time.monotonic() + timeout
@@ -84,6 +91,101 @@ class UvicornThread:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class GranianThread:
+    """One granian server (ASGI, HTTP/1.1, WebSockets) for `app` on a free loopback port, in
+    its own thread; the interface of `UvicornThread`. Of uvicorn's options it takes `lifespan`
+    ("on" or "off") and `backlog`; the others (proxy and Server headers) are uvicorn's own:
+    granian never rewrites the peer from X-Forwarded-* nor adds a Server header."""
+
+    def __init__(self, app: ASGIApp | None = None, **config: Any) -> None:
+        with socket.socket() as probe:  # granian binds its own socket: a free port, now
+            probe.bind(("127.0.0.1", 0))
+            self._port = int(probe.getsockname()[1])
+        self.app = app
+        self.config = config
+        self._server: Any = None
+        self.loop: asyncio.AbstractEventLoop | None = None  # the app's loop, once started
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> None:
+        import uvloop
+        from granian.constants import HTTPModes, Interfaces
+        from granian.http import HTTP1Settings
+        from granian.server.embed import Server
+
+        from sessiongate.serve import HEADER_READ_TIMEOUT_MS
+
+        assert self.app is not None, "set .app before start()"
+        lifespan = self.config.get("lifespan", "off") == "on"
+        self._server = Server(
+            self.app,
+            address="127.0.0.1",
+            port=self.port,
+            interface=Interfaces.ASGI if lifespan else Interfaces.ASGINL,
+            http=HTTPModes.http1,
+            http1_settings=HTTP1Settings(header_read_timeout=HEADER_READ_TIMEOUT_MS),
+            websockets=True,
+            backlog=self.config.get("backlog", 1024),
+            log_enabled=False,
+        )
+        loop = self.loop = uvloop.new_event_loop()
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            loop.run_until_complete(self._server.serve())
+
+        self._thread = threading.Thread(target=run, name=f"granian-{self.port}", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while True:  # listening once a connection is accepted
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError(f"granian on port {self.port} did not start")
+            time.sleep(0.01)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        server, loop, thread = self._server, self.loop, self._thread
+        if server is None or loop is None or thread is None or not thread.is_alive():
+            return
+
+        def interrupt() -> None:
+            server.interrupt_signal = True
+            server.main_loop_interrupt.set()
+
+        loop.call_soon_threadsafe(interrupt)
+        thread.join(timeout)
+
+    def __enter__(self) -> GranianThread:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+#: The servers `serve_thread` can run an app under.
+SERVERS = ("uvicorn", "granian")
+
+
+def serve_thread(server: str, app: ASGIApp, **config: Any) -> UvicornThread | GranianThread:
+    """A not yet started thread serving `app` under `server` ("uvicorn" or "granian")."""
+    if server == "granian":
+        return GranianThread(app, **config)
+    if server == "uvicorn":
+        return UvicornThread(app, **config)
+    raise ValueError(f"unknown server {server!r}; one of {SERVERS}")
 
 
 class FakeKratosServer:
