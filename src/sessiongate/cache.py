@@ -114,6 +114,9 @@ def _inflate(deflated: bytes) -> bytes:
 
 #: What `get` returns for credentials Kratos rejected with 401 (stored as a bare deadline).
 NEGATIVE = object()
+#: What the shared mode's `SharedSessions.validate` returns in strict mode when Redis fails
+#: (the caller answers 503); here, so that the authenticator needs no Redis module to know it.
+UNAVAILABLE = object()
 
 # Index values: one key (the usual case, ~0 bytes of overhead) or a set of keys.
 _Index = dict[str, bytes | set[bytes]]
@@ -148,6 +151,16 @@ def _index_keys(index: _Index, ident: str) -> set[bytes]:
     if present is None:
         return set()
     return set(present) if isinstance(present, set) else {present}
+
+
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    """One revocation: a session, or an identity's sessions (sparing `except_session`); what
+    the shared mode records (strict.py), here so that the relay needs no Redis module."""
+
+    session_id: str = ""
+    identity_id: str = ""
+    except_session: str = ""
 
 
 class EvictionListener(Protocol):
