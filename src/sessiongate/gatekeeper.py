@@ -125,7 +125,7 @@ class Gatekeeper:
         """The pass for an admitted session: the client's headers minus the gate's own, plus
         the session's identity headers and token; None when there is no token (no pass)."""
         forwarded = self.identity.strip(headers)
-        forwarded.extend(entry.identity_headers)
+        entry.add_identity_headers(forwarded)
         tokens = self.tokens
         if tokens is None:
             return Pass(entry, forwarded)
