@@ -160,3 +160,25 @@ def test_redact_url():
     assert redact_url("redis://u:p@h:1/0") == "redis://***@h:1/0"
     assert redact_url("redis://:p@h:1") == "redis://***@h:1"
     assert redact_url("redis://h:1") == "redis://h:1"
+
+
+def test_without_the_shared_mode_no_redis_client_is_loaded():
+    """redis-py (with what it imports: OpenTelemetry's SDK, when installed) is ~9 MB in every
+    worker; a gate or middleware without `shared.*` never loads it (bench/README.md, Memory)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from sessiongate.config import Settings\n"
+        "from sessiongate.gate import Gate\n"
+        "from sessiongate.middleware import SessionGateMiddleware\n"
+        "s = Settings(upstream={'url': 'http://127.0.0.1:9'})\n"
+        "gate, middleware = Gate(s), SessionGateMiddleware(None, s)\n"
+        "assert gate.revocations is None and middleware.revocations is None\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'redis', 'opentelemetry'}))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.strip() == "[]", out.stdout

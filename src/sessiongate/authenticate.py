@@ -19,13 +19,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from sessiongate.cache import NEGATIVE, CachedSession, SessionCache
+from sessiongate.cache import NEGATIVE, UNAVAILABLE, CachedSession, SessionCache
 from sessiongate.credentials import Credential
 from sessiongate.identity_headers import IdentityHeaders
 from sessiongate.identity_token import IdentityTokens
 from sessiongate.kratos import KratosAnswer, KratosClient, KratosUnavailable
 from sessiongate.metrics import whoami_outcome
-from sessiongate.shared_sessions import UNAVAILABLE
 from sessiongate.tracing import note_cache
 
 if TYPE_CHECKING:

@@ -326,8 +326,8 @@ class ForwardAuth:
         headers: RawHeaders = [(b"content-length", b"0"), (b"cache-control", b"no-store")]
         set_names: set[bytes] = set()
         if session is not None:
-            headers.extend(session.identity_headers)
-            set_names.update(name for name, _ in session.identity_headers)
+            session.add_identity_headers(headers)
+            set_names.update(session.header_names)
         if token is not None:
             headers.append(token)
             set_names.add(token[0])

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from starlette.types import Scope, Send
 
@@ -34,7 +34,6 @@ from sessiongate.kratos import KratosClient
 from sessiongate.observe import record_of
 from sessiongate.redirects import safe_return_to, with_query
 from sessiongate.responses import send_error, send_redirect
-from sessiongate.shared_sessions import attach
 from sessiongate.tracing import note_cache
 
 if TYPE_CHECKING:
@@ -81,7 +80,13 @@ class Gatekeeper:
             tokens=self.tokens,
         )
         # shared mode (shared_sessions.py, strict.py): Redis behind the local cache
-        self.shared_clients = attach(self.authenticator, settings)
+        self.shared_clients: list[Any] = []
+        if settings.shared.enabled:
+            # imported only here: redis-py and what it imports (~140 modules, ~9 MB of RSS)
+            # serve the shared mode alone
+            from sessiongate.shared_sessions import attach
+
+            self.shared_clients = attach(self.authenticator, settings)
         self.strict = self.authenticator.strict  # no admission from the local cache alone
         self.decider = Decider(settings)
         # credential fingerprint → cache key, both digests (parsing costs more than the rest
@@ -120,7 +125,7 @@ class Gatekeeper:
         """The pass for an admitted session: the client's headers minus the gate's own, plus
         the session's identity headers and token; None when there is no token (no pass)."""
         forwarded = self.identity.strip(headers)
-        forwarded.extend(entry.identity_headers)
+        entry.add_identity_headers(forwarded)
         tokens = self.tokens
         if tokens is None:
             return Pass(entry, forwarded)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from starlette.authentication import AuthCredentials, BaseUser, UnauthenticatedUser
@@ -41,10 +41,12 @@ from sessiongate.observe import Observers, record_of
 from sessiongate.relay_handlers import RelayHandlers
 from sessiongate.relay_routes import ROUTE_NAMES
 from sessiongate.responses import send_error
-from sessiongate.revocations import Revocations
 from sessiongate.sessions_page import SessionsPage
 from sessiongate.tracing import CURRENT, RequestContext, RequestIds
 from sessiongate.websocket_guard import SocketWatch, WebSocketGuard
+
+if TYPE_CHECKING:
+    from sessiongate.revocations import Revocations
 
 log = logging.getLogger("sessiongate")
 
@@ -127,7 +129,13 @@ class SessionGateMiddleware:
         # The shared mode: `cache.evict_*` reach every process through Redis; an app that must
         # know they did before it answers awaits `revocations.flush()` (README, "Several cores")
         shared = self.settings.shared
-        self.revocations = Revocations(self.gatekeeper.cache, shared) if shared.enabled else None
+        self.revocations: Revocations | None = None
+        if shared.enabled:
+            # imported only here: redis-py and what it imports (~140 modules, ~9 MB of RSS)
+            # serve the shared mode alone
+            from sessiongate.revocations import Revocations
+
+            self.revocations = Revocations(self.gatekeeper.cache, shared)
         self._start_shared = self.revocations is not None
         records = self.gatekeeper.authenticator.records  # ride on every stream append
         if self.revocations is not None and records is not None:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import httpx
 
 from sessiongate.authenticate import Authenticator
-from sessiongate.cache import NEGATIVE, CachedSession, SessionCache
+from sessiongate.cache import NEGATIVE, CachedSession, Revocation, SessionCache
 from sessiongate.config import Settings
 from sessiongate.credentials import CookieMatcher, Credential, MalformedCredential, find_credential
 from sessiongate.gatekeeper import Gatekeeper
@@ -28,7 +28,6 @@ from sessiongate.identity_token import without_tokenized
 from sessiongate.kratos import KratosAnswer, KratosClient
 from sessiongate.relay_rewrite import UrlRewriter
 from sessiongate.relay_upstream import Answer, Call, KratosRelay
-from sessiongate.strict import Revocation
 
 log = logging.getLogger("sessiongate.relay")
 

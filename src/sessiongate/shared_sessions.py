@@ -36,7 +36,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
-from sessiongate.cache import NEGATIVE, CachedSession, SessionCache
+from sessiongate.cache import NEGATIVE, UNAVAILABLE, CachedSession, SessionCache
 from sessiongate.config import SECRET_ENV, Settings, Shared, shared_secret
 from sessiongate.credentials import Credential
 from sessiongate.shared_redis import Batcher, RedisError, connect, key
@@ -54,8 +54,6 @@ _SESSION, _NEGATIVE = b"S", b"N"
 _HEAD = struct.Struct(">BcdqdHHH")
 _MAC_BYTES = 32
 _FAILURES = (RedisError, OSError, TimeoutError, asyncio.TimeoutError)
-#: What `validate` returns in strict mode when Redis fails (the caller answers 503).
-UNAVAILABLE = object()
 #: "unavailable" is logged at most this often (s); each one is followed by "available again"
 FLAP_LOG_INTERVAL = 30.0
 

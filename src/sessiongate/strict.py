@@ -39,12 +39,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from redis.exceptions import NoScriptError
 
-from sessiongate.cache import CachedSession
+from sessiongate.cache import CachedSession, Revocation
 from sessiongate.config import Shared
 from sessiongate.shared_redis import Batcher, key
 
@@ -57,15 +56,6 @@ Stamp = tuple[int, bytes]
 
 def _untrusted() -> bytes | None:
     return None
-
-
-@dataclass(frozen=True, slots=True)
-class Revocation:
-    """One revocation: a session, or an identity's sessions (sparing `except_session`)."""
-
-    session_id: str = ""
-    identity_id: str = ""
-    except_session: str = ""
 
 
 class RevocationRecords:
