@@ -247,10 +247,11 @@ class Gate:
             request_id, scope["headers"], self.tracing is not None
         )
         reset = CURRENT.set(ctx)
-        send = _tagged(send, [(b"x-request-id", request_id.encode()), *self._worker_tag])
+        tag = [(b"x-request-id", request_id.encode()), *self._worker_tag]
         try:
             if self.observers:
-                record, send = self.observers.start(scope, send)
+                # one wrapper for both: the record notes the status, the answer gets the tag
+                record, send = self.observers.start(scope, send, tag)
                 record.request_id = request_id
                 if self.tracing is not None:
                     self.tracing.start(scope, ctx)
@@ -259,7 +260,7 @@ class Gate:
                 finally:
                     self.observers.finish(scope, record)
             else:
-                await self._entry(scope, receive, send)
+                await self._entry(scope, receive, _tagged(send, tag))
         finally:
             CURRENT.reset(reset)
 

@@ -124,8 +124,11 @@ class Observers:
     def add(self, observer: Observer) -> None:
         self.observers.append(observer)
 
-    def start(self, scope: Scope, send: Send) -> tuple[RequestRecord, Send]:
-        """A record in the scope, and a `send` that notes the status the client gets."""
+    def start(
+        self, scope: Scope, send: Send, tag: list[tuple[bytes, bytes]] | None = None
+    ) -> tuple[RequestRecord, Send]:
+        """A record in the scope, and a `send` that notes the status the client gets (and adds
+        the `tag` headers to every answer: one wrapper per message instead of two)."""
         record = RequestRecord(
             time.perf_counter(),
             scope.get("method", "GET"),
@@ -136,10 +139,16 @@ class Observers:
 
         async def noting(message: Message) -> None:
             kind = message["type"]
-            if kind == "http.response.start" and not record.status:
-                record.status = message["status"]
-            elif kind == "websocket.accept" and not record.status:
-                record.status = 101
+            if kind == "http.response.start":
+                if not record.status:
+                    record.status = message["status"]
+                if tag:
+                    message = {**message, "headers": [*message.get("headers", ()), *tag]}
+            elif kind == "websocket.accept":
+                if not record.status:
+                    record.status = 101
+                if tag:
+                    message = {**message, "headers": [*message.get("headers", ()), *tag]}
             elif kind == "websocket.close" and not record.status:
                 record.status = 403  # closed before accept: the server answers 403
             await send(message)
