@@ -601,7 +601,7 @@ def main() -> int:
         "--duration",
         type=int,
         default=5,
-        help="seconds per wrk run (5 rounds of 5 s: the full run takes ~25 minutes on 2 cores)",
+        help="seconds per wrk run (5 rounds of 5 s: the full run takes ~27 minutes on 2 cores)",
     )
     parser.add_argument("--sessions", type=int, default=100)
     parser.add_argument("--connections", default="64,256")
