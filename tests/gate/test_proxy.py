@@ -268,17 +268,34 @@ class _Collect(logging.Filter):
         return True
 
 
+class _CollectGranian(logging.Handler):
+    """On the root logger: granian logs under `_granian.*` (propagated; its dictConfig, run at
+    each start, resets the `_granian` logger's own handlers)."""
+
+    def __init__(self, records: list[logging.LogRecord]) -> None:
+        super().__init__(logging.ERROR)
+        self.records = records
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name.startswith("_granian"):
+            self.records.append(record)
+
+
 @pytest.fixture(autouse=True)
 def no_asgi_exceptions() -> Iterator[list[logging.LogRecord]]:
-    """Every server here logs to `uvicorn.error`: an exception escaping the gate (or an app)
-    fails the test even when the client, long gone, could not notice."""
+    """Every server here logs an exception escaping the gate (or an app): uvicorn to
+    `uvicorn.error`, granian under `_granian`. One fails the test even when the client, long
+    gone, could not notice."""
     collect = _Collect()
     logger = logging.getLogger("uvicorn.error")
     logger.addFilter(collect)
+    granian = _CollectGranian(collect.records)
+    logging.getLogger().addHandler(granian)
     try:
         yield collect.records
     finally:
         logger.removeFilter(collect)
+        logging.getLogger().removeHandler(granian)
     assert [r.getMessage() for r in collect.records] == []
 
 

@@ -121,6 +121,7 @@ class GranianThread:
         import uvloop
         from granian.constants import HTTPModes, Interfaces
         from granian.http import HTTP1Settings
+        from granian.log import LogLevels
         from granian.server.embed import Server
 
         from sessiongate.serve import HEADER_READ_TIMEOUT_MS
@@ -136,13 +137,24 @@ class GranianThread:
             http1_settings=HTTP1Settings(header_read_timeout=HEADER_READ_TIMEOUT_MS),
             websockets=True,
             backlog=self.config.get("backlog", 1024),
-            log_enabled=False,
+            # granian's lines (an exception escaping the app included) reach the process'
+            # loggers, under `_granian`, as `sessiongate serve` routes them
+            log_level=LogLevels.warning,
+            log_dictconfig={
+                "version": 1,
+                "disable_existing_loggers": False,
+                "loggers": {"_granian": {"handlers": [], "propagate": True}},
+            },
         )
         loop = self.loop = uvloop.new_event_loop()
 
         def run() -> None:
             asyncio.set_event_loop(loop)
-            loop.run_until_complete(self._server.serve())
+            try:
+                loop.run_until_complete(self._server.serve())
+            finally:  # its selector, pipes and eventfd: a thread per test must not leak them
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.close()
 
         self._thread = threading.Thread(target=run, name=f"granian-{self.port}", daemon=True)
         self._thread.start()
