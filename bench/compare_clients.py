@@ -26,7 +26,7 @@ import textwrap
 from pathlib import Path
 
 # run as a script: bench/ is on sys.path, so `bench` is bench.py, the benchmark's helpers
-from bench import free_port, wait_port
+from bench import EMPTY_PROXIES, free_port, wait_port
 
 CANDIDATES = {
     # no client: the app answers 1 KB itself, so the server's own ceiling (ASGI, then RSGI)
@@ -60,40 +60,9 @@ async def app(scope, receive, send):
                 "headers": [(b"content-length", str(len(r.content)).encode())]})
     await send({"type": "http.response.body", "body": r.content})
 """,
-    "aiohttp": """
-import aiohttp
-session = None
-async def app(scope, receive, send):
-    global session
-    if scope["type"] != "http":
-        return
-    if session is None:
-        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256),
-                                        auto_decompress=False)
-    async with session.get(UPSTREAM + scope["path"]) as r:
-        await send({"type": "http.response.start", "status": r.status,
-                    "headers": [(b"content-length", r.headers["content-length"].encode())]})
-        async for chunk in r.content.iter_chunked(65536):
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b""})
-""",
-    # the same client under granian's RSGI: no ASGI message dicts (granian only)
-    "aiohttp_rsgi": """
-import aiohttp
-session = None
-async def app(scope, protocol):
-    global session
-    if scope.proto != "http":
-        return
-    if session is None:
-        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256),
-                                        auto_decompress=False)
-    async with session.get(UPSTREAM + scope.path) as r:
-        transport = protocol.response_stream(
-            r.status, [("content-length", r.headers["content-length"])])
-        async for chunk in r.content.iter_chunked(65536):
-            await transport.send_bytes(chunk)
-""",
+    # the empty proxies of bench.py (its limit rows): the same code in both benchmarks
+    "aiohttp": EMPTY_PROXIES + "app = asgi\n",
+    "aiohttp_rsgi": EMPTY_PROXIES + "app = rsgi\n",  # granian's RSGI
     "pyreqwest": """
 from pyreqwest.client import ClientBuilder
 client = None
@@ -191,7 +160,7 @@ def main() -> int:
                 module.write_text(f"UPSTREAM = {upstream!r}\n" + textwrap.dedent(source))
                 port = free_port()
                 label = f"{name} ({server})"
-                env = dict(os.environ, PYTHONPATH=str(workdir))
+                env = dict(os.environ, PYTHONPATH=str(workdir), BENCH_BACKEND=upstream)
                 proc = subprocess.Popen(
                     ["taskset", "-c", "1", sys.executable, *server_args(server, name, port)],
                     env=env,

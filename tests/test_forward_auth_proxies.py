@@ -442,6 +442,23 @@ def test_kratos_down_gives_500_through_nginx_and_503_through_caddy(
     assert r.status_code == 503, r.text
 
 
+def token_gate_config(gates: Gates, tmp_path: Path, proxy: str) -> tuple[Path, int]:
+    """The README's gate settings for `proxy` with the identity token on (a new keys file), on
+    a free port: the config file and the port."""
+    from sessiongate.signing_keys import new_private_jwk, write_keys_file
+
+    keys = tmp_path / "keys.json"
+    write_keys_file(keys, {"keys": [new_private_jwk()]})
+    settings = readme_gate(proxy)
+    port = free_port()
+    settings["listen"] = {"host": "127.0.0.1", "port": port}
+    settings["metrics"] = {"port": 0}
+    settings["ory"] = {**settings["ory"], "public_url": gates.kratos.public_url}
+    settings["public_url"] = "https://gate.example.test"
+    settings["identity_token"] = {"enabled": True, "keys_file": str(keys), "audience": "urn:app"}
+    return write_config(tmp_path / "gate.yaml", settings), port
+
+
 def test_nginx_with_the_identity_token_never_passes_the_clients_bearer_on(
     gates: Gates, app: UvicornThread, tmp_path: Path
 ) -> None:
@@ -449,18 +466,7 @@ def test_nginx_with_the_identity_token_never_passes_the_clients_bearer_on(
     names authorization for removal on a pass too, so the client's Ory session token (its
     Bearer) is dropped; with the two lines the README's "Identity token" section adds, the app
     gets the gate's token instead."""
-    from sessiongate.signing_keys import new_private_jwk, write_keys_file
-
-    keys = tmp_path / "keys.json"
-    write_keys_file(keys, {"keys": [new_private_jwk()]})
-    settings = readme_gate("nginx")
-    port = free_port()
-    settings["listen"] = {"host": "127.0.0.1", "port": port}
-    settings["metrics"] = {"port": 0}
-    settings["ory"] = {**settings["ory"], "public_url": gates.kratos.public_url}
-    settings["public_url"] = "https://gate.example.test"
-    settings["identity_token"] = {"enabled": True, "keys_file": str(keys), "audience": "urn:app"}
-    config = write_config(tmp_path / "gate.yaml", settings)
+    config, port = token_gate_config(gates, tmp_path, "nginx")
     copy_token = readme_config("nginx").replace(
         "proxy_set_header Authorization $sg_authorization;",
         "auth_request_set $sg_token $upstream_http_authorization;\n"
@@ -493,18 +499,7 @@ def test_caddy_with_the_readme_token_lines_gives_the_app_the_gates_token(
 ) -> None:
     """The README's "Identity token" changes to the Caddy config: Authorization copied from the
     answer (the client's replaced, removed on a public path), the Bearer deletion replaced."""
-    from sessiongate.signing_keys import new_private_jwk, write_keys_file
-
-    keys = tmp_path / "keys.json"
-    write_keys_file(keys, {"keys": [new_private_jwk()]})
-    settings = readme_gate("caddy")
-    port = free_port()
-    settings["listen"] = {"host": "127.0.0.1", "port": port}
-    settings["metrics"] = {"port": 0}
-    settings["ory"] = {**settings["ory"], "public_url": gates.kratos.public_url}
-    settings["public_url"] = "https://gate.example.test"
-    settings["identity_token"] = {"enabled": True, "keys_file": str(keys), "audience": "urn:app"}
-    config = write_config(tmp_path / "gate.yaml", settings)
+    config, port = token_gate_config(gates, tmp_path, "caddy")
     caddy = readme_config("caddy")
     bearer_lines = (
         "@sg_bearer header_regexp Authorization (?i)^bearer(\\s|$)\n"

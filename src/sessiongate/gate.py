@@ -39,7 +39,7 @@ from sessiongate.jwks_endpoint import JwksEndpoint
 from sessiongate.kratos import KratosClient
 from sessiongate.logs import current_writer, flush_logs
 from sessiongate.metrics import Metrics
-from sessiongate.observe import Observers, RequestRecord, record_of
+from sessiongate.observe import Observers, RequestRecord, record_of, with_headers
 from sessiongate.proxy import UpstreamProxy
 from sessiongate.relay import SessionsRelay
 from sessiongate.relay_handlers import RelayHandlers
@@ -481,7 +481,7 @@ def _tagged(send: Send, tag: list[tuple[bytes, bytes]]) -> Send:
     async def tagging(message):  # type: ignore[no-untyped-def]
         kind = message["type"]
         if kind == "http.response.start" or kind == "websocket.accept":
-            message = {**message, "headers": [*message.get("headers", ()), *tag]}
+            message = with_headers(message, tag)
         await send(message)
 
     return tagging

@@ -139,16 +139,11 @@ class Observers:
 
         async def noting(message: Message) -> None:
             kind = message["type"]
-            if kind == "http.response.start":
+            if kind == "http.response.start" or kind == "websocket.accept":
                 if not record.status:
-                    record.status = message["status"]
+                    record.status = message["status"] if kind == "http.response.start" else 101
                 if tag:
-                    message = {**message, "headers": [*message.get("headers", ()), *tag]}
-            elif kind == "websocket.accept":
-                if not record.status:
-                    record.status = 101
-                if tag:
-                    message = {**message, "headers": [*message.get("headers", ()), *tag]}
+                    message = with_headers(message, tag)
             elif kind == "websocket.close" and not record.status:
                 record.status = 403  # closed before accept: the server answers 403
             await send(message)
@@ -159,6 +154,11 @@ class Observers:
         record.finished = time.perf_counter()
         for observer in self.observers:
             observer.finish(scope, record)
+
+
+def with_headers(message: Message, headers: list[tuple[bytes, bytes]]) -> Message:
+    """A response start (or WebSocket accept) with `headers` added after its own."""
+    return {**message, "headers": [*message.get("headers", ()), *headers]}
 
 
 def record_of(scope: Scope) -> RequestRecord | None:
